@@ -1,0 +1,217 @@
+"""`load_pretrained`: one entry point for the ORIGINAL FunASR folder and for our HF folders.
+
+The original folder is `config.yaml` + `model.pt` (`{"state_dict": ...}`) + `Qwen3-0.6B/` (LLM config and
+tokenizer; its weights live in model.pt) + optional `configuration.json`. An HF folder is what
+`save_pretrained` (or `funasr-nano-hf convert`) writes. Every failure names the file and, for weights,
+the key and shapes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+import zipfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from transformers import AutoTokenizer
+from transformers.initialization import no_init_weights
+
+from ..models.configuration_funasr_nano import FunAsrNanoHfConfig
+from ..models.feature_extraction_funasr_nano import FunAsrNanoHfFeatureExtractor
+from ..models.modeling_funasr_nano import FunAsrNanoHfForConditionalGeneration
+from ..models.processing_funasr_nano import FunAsrNanoHfProcessor
+from .original_layout import encoder_layout, feature_extractor_kwargs, hf_config_from_original, original_to_hf
+
+logger = logging.getLogger(__name__)
+
+AUDIO_TOKEN = "<|object_ref_start|>"
+
+
+class CheckpointError(ValueError):
+    """A model folder or file that cannot be loaded; the message names the file."""
+
+
+def detect_layout(path: str | Path) -> str:
+    """"original" (FunASR: config.yaml + model.pt) or "hf" (config.json of our model type)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: not a directory (expected a FunASR model folder or an HF folder)")
+    if (folder / "config.yaml").is_file() and (folder / "model.pt").is_file():
+        return "original"
+    if (folder / "config.json").is_file():
+        config = _read_json(folder / "config.json")
+        if config.get("model_type") == FunAsrNanoHfConfig.model_type:
+            return "hf"
+        raise CheckpointError(
+            f"{folder / 'config.json'}: model_type {config.get('model_type')!r} is not "
+            f"{FunAsrNanoHfConfig.model_type!r}; convert the original FunASR folder with `funasr-nano-hf convert`"
+        )
+    present = sorted(p.name for p in folder.iterdir())
+    raise CheckpointError(
+        f"{folder}: neither an original FunASR folder (config.yaml + model.pt) nor an HF folder (config.json); "
+        f"found {present[:12]}"
+    )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: unreadable JSON ({err})") from err
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        conf = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise CheckpointError(f"{path}: unreadable YAML ({err})") from err
+    if not isinstance(conf, dict):
+        raise CheckpointError(f"{path}: expected a mapping at the top level, got {type(conf).__name__}")
+    return conf
+
+
+def read_model_pt(path: Path) -> dict[str, torch.Tensor]:
+    """model.pt -> flat state dict, with `weights_only=True` (a pickle that would run code is refused)."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{path}: refused: not a plain tensor checkpoint (weights_only=True rejected it: {err})"
+        ) from err
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({err})") from err
+    if isinstance(checkpoint, dict):
+        for wrapper in ("state_dict", "model_state_dict", "model"):
+            if isinstance(checkpoint.get(wrapper), dict):
+                checkpoint = checkpoint[wrapper]
+                break
+    if not isinstance(checkpoint, dict) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        raise CheckpointError(f"{path}: expected {{'state_dict': {{name: tensor}}}}")
+    return {key.removeprefix("module."): value for key, value in checkpoint.items()}
+
+
+def _llm_dir(folder: Path, yaml_conf: dict[str, Any]) -> Path:
+    name = (yaml_conf.get("llm_conf") or {}).get("init_param_path") or "Qwen3-0.6B"
+    candidate = Path(name) if Path(name).is_absolute() else folder / name
+    if not candidate.is_dir():
+        candidate = folder / Path(name).name  # FunASR writes absolute paths of the training machine
+    if not (candidate / "config.json").is_file():
+        raise CheckpointError(f"{candidate / 'config.json'}: missing (the LLM config of llm_conf.init_param_path)")
+    return candidate
+
+
+def _check_and_fill(model: torch.nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
+    expected = model.state_dict()
+    for key, value in state.items():
+        if key not in expected:
+            raise CheckpointError(f"{source}: tensor {key!r} has no place in the model built from config.yaml")
+        if tuple(value.shape) != tuple(expected[key].shape):
+            raise CheckpointError(
+                f"{source}: tensor for {key!r} has shape {tuple(value.shape)}, "
+                f"the config gives {tuple(expected[key].shape)}"
+            )
+    tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
+    missing = sorted(set(expected) - set(state) - tied)
+    if missing:
+        raise CheckpointError(f"{source}: {len(missing)} tensors missing, e.g. {missing[:5]}")
+    model.load_state_dict(state, strict=False)
+
+
+def load_original(
+    model_dir: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+) -> tuple[FunAsrNanoHfForConditionalGeneration, FunAsrNanoHfProcessor]:
+    folder = Path(model_dir)
+    yaml_conf = _read_yaml(folder / "config.yaml")
+    llm_dir = _llm_dir(folder, yaml_conf)
+    qwen_config = _read_json(llm_dir / "config.json")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(llm_dir))
+    except Exception as err:  # transformers raises many types for a broken tokenizer folder
+        raise CheckpointError(f"{llm_dir}: cannot load the tokenizer ({err})") from err
+    audio_token_id = tokenizer.convert_tokens_to_ids(AUDIO_TOKEN)
+    try:
+        config = hf_config_from_original(yaml_conf, qwen_config, audio_token_id)
+    except (KeyError, TypeError) as err:
+        raise CheckpointError(f"{folder / 'config.yaml'}: missing or malformed field {err}") from err
+    except ValueError as err:
+        raise CheckpointError(f"{folder / 'config.yaml'}: {err}") from err
+    config.funasr_config = yaml_conf
+
+    state = read_model_pt(folder / "model.pt")
+    try:
+        ours, extras = original_to_hf(state, encoder_layout(yaml_conf))
+    except KeyError as err:
+        raise CheckpointError(f"{folder / 'model.pt'}: {err}") from err
+    if config.tie_word_embeddings and "lm_head.weight" in ours:
+        # FunASR ties lm_head and embeddings; load_state_dict writes lm_head last, so its value wins.
+        embed = ours["model.language_model.embed_tokens.weight"]
+        head = ours.pop("lm_head.weight")
+        if not torch.equal(embed, head):
+            logger.warning("%s: llm.lm_head.weight differs from the embeddings; using lm_head (FunASR does)", folder)
+            ours["model.language_model.embed_tokens.weight"] = head
+    if extras:
+        counts = Counter(key.split(".", 1)[0] for key in extras)
+        logger.info("%s: keeping %d tensors the HF model has no place for: %s", folder, len(extras), dict(counts))
+
+    with no_init_weights():
+        model = FunAsrNanoHfForConditionalGeneration(config)
+    _check_and_fill(model, {k: v.float() if v.is_floating_point() else v for k, v in ours.items()}, folder / "model.pt")
+    model.tie_weights()
+    model.funasr_extra_state = dict(extras)
+    model.generation_config.eos_token_id = [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.pad_token_id]
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.do_sample = False
+    model = _to_dtype(model, dtype).to(device).eval()
+
+    processor = FunAsrNanoHfProcessor(
+        FunAsrNanoHfFeatureExtractor(**feature_extractor_kwargs(yaml_conf)),
+        tokenizer,
+        chat_template=tokenizer.chat_template,
+        audio_token=AUDIO_TOKEN,
+        audio_token_rule=config.audio_token_rule,
+    )
+    return model, processor
+
+
+def _to_dtype(model: FunAsrNanoHfForConditionalGeneration, dtype: torch.dtype):
+    """Cast the LLM only: the audio encoder and adaptor stay fp32 as in FunASR."""
+    model.model.language_model.to(dtype)
+    model.lm_head.to(dtype)
+    return model
+
+
+def load_hf(
+    model_dir: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+) -> tuple[FunAsrNanoHfForConditionalGeneration, FunAsrNanoHfProcessor]:
+    folder = Path(model_dir)
+    try:
+        model = FunAsrNanoHfForConditionalGeneration.from_pretrained(str(folder), dtype=dtype)
+        processor = FunAsrNanoHfProcessor.from_pretrained(str(folder))
+    except (OSError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{folder}: cannot load the HF folder ({err})") from err
+    return _to_dtype(model, dtype).to(device).eval(), processor
+
+
+def load_pretrained(
+    path: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+) -> tuple[FunAsrNanoHfForConditionalGeneration, FunAsrNanoHfProcessor]:
+    """(model, processor) from an original FunASR folder or an HF folder, detected from the files."""
+    layout = detect_layout(path)
+    loader = load_original if layout == "original" else load_hf
+    return loader(path, dtype=dtype, device=device)
+
+
+def save_pretrained(model: FunAsrNanoHfForConditionalGeneration, processor: FunAsrNanoHfProcessor, out_dir) -> Path:
+    """Write an HF folder (model, processor, extras) that `load_pretrained` and the Auto classes read."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out))
+    processor.save_pretrained(str(out))
+    return out

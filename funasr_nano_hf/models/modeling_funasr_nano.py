@@ -1,0 +1,132 @@
+"""Fun-ASR-Nano as FunASR computes it, on transformers' `fun_asr_nano` classes.
+
+Thin subclasses; each change is one of the parity fixes listed in `configuration_funasr_nano.py`:
+- the LLM receives the FIRST ceil(T_lfr/8) adaptor frames of each clip (`audio_token_rule`);
+- RoPE inverse frequencies are rounded to bf16 as FunASR's build-time cast leaves them;
+- the audio encoder and adaptor stay fp32 whatever dtype the LLM runs in (FunASR keeps them fp32;
+  the adaptor's activations reach |x| ~ 1e3 and overflow in fp16).
+The adaptor LayerNorm eps (1e-12) is a config value.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoModel, AutoModelForSpeechSeq2Seq
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.models.fun_asr_nano.modeling_fun_asr_nano import (
+    FunAsrNanoForConditionalGeneration,
+    FunAsrNanoModel,
+    FunAsrNanoPreTrainedModel,
+)
+
+from .configuration_funasr_nano import FunAsrNanoHfConfig
+from .processing_funasr_nano import audio_token_count
+
+EXTRA_STATE_FILE = "funasr_extra_state.safetensors"
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def _rounded_rotary_class(base: type[nn.Module], dtype: torch.dtype) -> type[nn.Module]:
+    """A subclass of the LLM's rotary embedding whose default `inv_freq` is rounded through `dtype`.
+
+    Overriding `compute_default_rope_parameters` (rather than editing the buffer once) keeps the rounding
+    when transformers re-initialises non-persistent buffers after `from_pretrained`.
+    """
+
+    def compute_default_rope_parameters(config, *args, **kwargs):
+        inv_freq, scaling = base.compute_default_rope_parameters(config, *args, **kwargs)
+        return inv_freq.to(dtype).to(inv_freq.dtype), scaling
+
+    name = f"{base.__name__.replace('RotaryEmbedding', '')}RoundedRotaryEmbedding"
+    return type(name, (base,), {"compute_default_rope_parameters": staticmethod(compute_default_rope_parameters)})
+
+
+@dataclass
+class FunAsrNanoHfAudioOutput(BaseModelOutputWithPooling):
+    r"""
+    adaptor_hidden_states (`torch.Tensor` of shape `(batch, frames, llm_hidden)`): every adaptor frame.
+    audio_token_lengths (`torch.LongTensor` of shape `(batch,)`): frames given to the LLM per clip.
+    """
+
+    adaptor_hidden_states: torch.Tensor | None = None
+    audio_token_lengths: torch.Tensor | None = None
+
+
+class FunAsrNanoHfModel(FunAsrNanoModel):
+    config_class = FunAsrNanoHfConfig
+    _keep_in_fp32_modules = ["audio_tower", "multi_modal_projector"]
+
+    def __init__(self, config: FunAsrNanoHfConfig):
+        super().__init__(config)
+        if config.rope_inv_freq_dtype is not None:
+            rotary = self.language_model.rotary_emb
+            if getattr(rotary, "rope_type", "default") != "default":
+                raise ValueError(
+                    f"rope_inv_freq_dtype rounding supports the default RoPE only, got {rotary.rope_type!r}"
+                )
+            rounded = _rounded_rotary_class(type(rotary), _DTYPES[config.rope_inv_freq_dtype])
+            self.language_model.rotary_emb = rounded(config=self.language_model.config).to(rotary.inv_freq.device)
+
+    def get_audio_features(
+        self, input_features: torch.Tensor, input_features_mask: torch.Tensor, **kwargs
+    ) -> FunAsrNanoHfAudioOutput:
+        """Encoder + adaptor; `pooler_output` holds the frames the LLM sees, clip after clip."""
+        kwargs.pop("return_dict", None)  # always a ModelOutput here
+        encoder_outputs = self.audio_tower(
+            input_features=input_features, input_features_mask=input_features_mask, return_dict=True, **kwargs
+        )
+        adaptor_out = self.multi_modal_projector(encoder_outputs.last_hidden_state, input_features_mask, **kwargs)
+        mask = input_features_mask.to(device=adaptor_out.device, dtype=torch.bool)
+        lengths = audio_token_count(mask.sum(-1), self.config.audio_token_rule)
+        positions = torch.arange(adaptor_out.shape[1], device=adaptor_out.device)
+        selected = positions[None, :] < lengths[:, None]
+        return FunAsrNanoHfAudioOutput(
+            last_hidden_state=encoder_outputs.last_hidden_state,
+            pooler_output=adaptor_out[selected],
+            hidden_states=encoder_outputs.hidden_states,
+            attentions=encoder_outputs.attentions,
+            adaptor_hidden_states=adaptor_out,
+            audio_token_lengths=lengths,
+        )
+
+
+class FunAsrNanoHfForConditionalGeneration(FunAsrNanoForConditionalGeneration):
+    config_class = FunAsrNanoHfConfig
+    _keep_in_fp32_modules = ["audio_tower", "multi_modal_projector"]
+
+    def __init__(self, config: FunAsrNanoHfConfig):
+        # Same body as the parent's __init__, with our inner model (building the parent's first would
+        # allocate the whole 0.8B model twice).
+        FunAsrNanoPreTrainedModel.__init__(self, config)
+        self.model = FunAsrNanoHfModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+        # Weights that the HF model has no place for (e.g. FunASR's CTC branch), kept for export.
+        self.funasr_extra_state: dict[str, torch.Tensor] = {}
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if self.funasr_extra_state and kwargs.get("is_main_process", True):
+            save_file(
+                {k: v.detach().cpu().contiguous() for k, v in self.funasr_extra_state.items()},
+                os.path.join(save_directory, EXTRA_STATE_FILE),
+            )
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        extra = os.path.join(str(pretrained_model_name_or_path), EXTRA_STATE_FILE)
+        if os.path.isfile(extra):
+            model.funasr_extra_state = load_file(extra)
+        return model
+
+
+AutoModel.register(FunAsrNanoHfConfig, FunAsrNanoHfModel)
+AutoModelForSpeechSeq2Seq.register(FunAsrNanoHfConfig, FunAsrNanoHfForConditionalGeneration)
+
+__all__ = ["FunAsrNanoHfModel", "FunAsrNanoHfForConditionalGeneration", "FunAsrNanoHfAudioOutput"]
