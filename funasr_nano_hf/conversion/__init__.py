@@ -1,0 +1,5 @@
+"""Conversion between FunASR's original layout and ours (load, save, export)."""
+
+from .loading import CheckpointError, detect_layout, load_pretrained, save_pretrained
+
+__all__ = ["CheckpointError", "detect_layout", "load_pretrained", "save_pretrained"]

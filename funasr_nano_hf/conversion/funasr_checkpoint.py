@@ -147,6 +147,9 @@ def tiny_qwen3_config(tokenizer: PreTrainedTokenizerBase, hidden: int = 64, laye
         head_dim=hidden // 4,
         vocab_size=(len(tokenizer) + 63) // 64 * 64,
         max_position_embeddings=4096,
+        # Wide random weights: a tiny random LLM with the usual 0.02 repeats one token forever, which would
+        # make greedy-decoding comparisons trivially equal.
+        initializer_range=0.5,
     )
     return conf
 

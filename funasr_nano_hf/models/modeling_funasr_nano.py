@@ -1,6 +1,7 @@
 """Fun-ASR-Nano as FunASR computes it, on transformers' `fun_asr_nano` classes.
 
 Thin subclasses; each change is one of the parity fixes listed in `configuration_funasr_nano.py`:
+- the adaptor masks padding frames (stock transformers leaves its attention mask unset);
 - the LLM receives the FIRST ceil(T_lfr/8) adaptor frames of each clip (`audio_token_rule`);
 - RoPE inverse frequencies are rounded to bf16 as FunASR's build-time cast leaves them;
 - the audio encoder and adaptor stay fp32 whatever dtype the LLM runs in (FunASR keeps them fp32;
@@ -63,6 +64,10 @@ class FunAsrNanoHfModel(FunAsrNanoModel):
 
     def __init__(self, config: FunAsrNanoHfConfig):
         super().__init__(config)
+        # transformers never sets an attention implementation on the adaptor's config (no PreTrainedModel
+        # owns it), so `create_bidirectional_mask` returns None and the adaptor attends to padding frames:
+        # a padded batch changes every shorter clip's output. FunASR masks them. Use the encoder's choice.
+        config.adaptor_config._attn_implementation = config.audio_config._attn_implementation or "sdpa"
         if config.rope_inv_freq_dtype is not None:
             rotary = self.language_model.rotary_emb
             if getattr(rotary, "rope_type", "default") != "default":

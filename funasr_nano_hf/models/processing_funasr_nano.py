@@ -39,7 +39,6 @@ def audio_token_count(num_frames: torch.Tensor | int, rule: str) -> torch.Tensor
 
 
 class FunAsrNanoHfProcessor(FunAsrNanoProcessor):
-    feature_extractor_class = "FunAsrNanoHfFeatureExtractor"
 
     def __init__(
         self,
