@@ -187,25 +187,47 @@ def _to_dtype(model: FunAsrNanoHfForConditionalGeneration, dtype: torch.dtype):
     return model
 
 
+def _stored_llm_dtype(folder: Path) -> torch.dtype:
+    """The dtype of the stored embeddings (safetensors header only; no tensor is read)."""
+    from safetensors import safe_open
+
+    key = "model.language_model.embed_tokens.weight"
+    index = folder / "model.safetensors.index.json"
+    shard = folder / (_read_json(index)["weight_map"][key] if index.is_file() else "model.safetensors")
+    try:
+        with safe_open(str(shard), framework="pt") as handle:
+            stored = handle.get_slice(key).get_dtype()
+    except Exception as err:  # safetensors raises its own error types for a corrupt header
+        raise CheckpointError(f"{shard}: unreadable safetensors ({err})") from err
+    return {"BF16": torch.bfloat16, "F16": torch.float16}.get(stored, torch.float32)
+
+
 def load_hf(
-    model_dir: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+    model_dir: str | Path, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
 ) -> tuple[FunAsrNanoHfForConditionalGeneration, FunAsrNanoHfProcessor]:
+    """dtype None keeps the stored dtype of the LLM weights."""
     folder = Path(model_dir)
+    dtype = dtype or _stored_llm_dtype(folder)
     try:
         model = FunAsrNanoHfForConditionalGeneration.from_pretrained(str(folder), dtype=dtype)
         processor = FunAsrNanoHfProcessor.from_pretrained(str(folder))
     except (OSError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"{folder}: cannot load the HF folder ({err})") from err
-    return _to_dtype(model, dtype).to(device).eval(), processor
+    model = _to_dtype(model, dtype) if dtype is not None else model
+    return model.to(device).eval(), processor
 
 
 def load_pretrained(
-    path: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+    path: str | Path, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
 ) -> tuple[FunAsrNanoHfForConditionalGeneration, FunAsrNanoHfProcessor]:
-    """(model, processor) from an original FunASR folder or an HF folder, detected from the files."""
-    layout = detect_layout(path)
-    loader = load_original if layout == "original" else load_hf
-    return loader(path, dtype=dtype, device=device)
+    """(model, processor) from an original FunASR folder or an HF folder, detected from the files.
+
+    dtype is the LLM's (the audio encoder/adaptor stay fp32). None: fp32 for an original folder (as
+    FunASR's inference runs), the stored dtype for an HF folder.
+    """
+    if detect_layout(path) == "original":
+        return load_original(path, dtype=dtype or torch.float32, device=device)
+    return load_hf(path, dtype=dtype, device=device)
 
 
 def save_pretrained(model: FunAsrNanoHfForConditionalGeneration, processor: FunAsrNanoHfProcessor, out_dir) -> Path:

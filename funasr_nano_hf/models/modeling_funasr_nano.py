@@ -60,7 +60,7 @@ class FunAsrNanoHfAudioOutput(BaseModelOutputWithPooling):
 
 class FunAsrNanoHfModel(FunAsrNanoModel):
     config_class = FunAsrNanoHfConfig
-    _keep_in_fp32_modules = ["audio_tower", "multi_modal_projector"]
+    _keep_in_fp32_modules_strict = ["audio_tower", "multi_modal_projector"]
 
     def __init__(self, config: FunAsrNanoHfConfig):
         super().__init__(config)
@@ -102,7 +102,7 @@ class FunAsrNanoHfModel(FunAsrNanoModel):
 
 class FunAsrNanoHfForConditionalGeneration(FunAsrNanoForConditionalGeneration):
     config_class = FunAsrNanoHfConfig
-    _keep_in_fp32_modules = ["audio_tower", "multi_modal_projector"]
+    _keep_in_fp32_modules_strict = ["audio_tower", "multi_modal_projector"]
 
     def __init__(self, config: FunAsrNanoHfConfig):
         # Same body as the parent's __init__, with our inner model (building the parent's first would

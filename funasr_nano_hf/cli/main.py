@@ -1,0 +1,59 @@
+"""`funasr-nano-hf` command line: one sub-command per job, each a thin wrapper over the library."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import torch
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from ..conversion import detect_layout, load_pretrained, save_pretrained
+
+    if detect_layout(args.original_dir) != "original":
+        raise SystemExit(f"{args.original_dir}: not an original FunASR folder (config.yaml + model.pt)")
+    model, processor = load_pretrained(args.original_dir, dtype=DTYPES[args.dtype])
+    out = save_pretrained(model, processor, args.out_dir)
+    extra = f", {len(model.funasr_extra_state)} extra tensors kept" if model.funasr_extra_state else ""
+    print(f"wrote {out} ({args.dtype} LLM, fp32 audio encoder/adaptor{extra})")
+    return 0
+
+
+def _check_data(argv: list[str]) -> int:
+    from ..data.checks import check_data_main
+
+    return check_data_main(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="funasr-nano-hf", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    convert = commands.add_parser("convert", help="original FunASR folder -> HF folder")
+    convert.add_argument("original_dir")
+    convert.add_argument("out_dir")
+    convert.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="dtype of the LLM weights")
+    convert.set_defaults(func=_convert)
+
+    commands.add_parser("check-data", help="validate manifests; report counts, histograms, problems", add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    # check-data owns its own argument parser (its options live with the checks).
+    if argv and argv[0] == "check-data":
+        return _check_data(argv[1:])
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
