@@ -114,6 +114,17 @@ class FunAsrNanoHfForConditionalGeneration(FunAsrNanoForConditionalGeneration):
         # Weights that the HF model has no place for (e.g. FunASR's CTC branch), kept for export.
         self.funasr_extra_state: dict[str, torch.Tensor] = {}
 
+    def train(self, mode: bool = True):
+        """Frozen audio modules stay in eval mode: their outputs are then deterministic (no dropout), which
+        frozen-path caching relies on. FunASR's trainer calls `model.train()` every epoch and so runs its
+        frozen encoder with dropout 0.1 — a deliberate difference."""
+        super().train(mode)
+        if mode:
+            for module in (self.model.audio_tower, self.model.multi_modal_projector):
+                if not any(p.requires_grad for p in module.parameters()):
+                    module.eval()
+        return self
+
     def save_pretrained(self, save_directory, *args, **kwargs):
         super().save_pretrained(save_directory, *args, **kwargs)
         if self.funasr_extra_state and kwargs.get("is_main_process", True):

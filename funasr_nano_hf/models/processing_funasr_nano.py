@@ -129,6 +129,7 @@ class FunAsrNanoHfProcessor(FunAsrNanoProcessor):
             "input_features": np.asarray(features, dtype=np.float32),
             "input_ids": source_ids + target_ids,
             "labels": [-100] * len(source_ids) + target_ids,
+            "prompt_length": len(source_ids),
         }
 
     def batch_decode_transcripts(self, generated_ids: torch.Tensor) -> list[str]:

@@ -1,0 +1,123 @@
+#!/usr/bin/env python
+"""Fine-tune Fun-ASR-Nano with the Hugging Face Trainer (LoRA by default), FunASR's recipe on HF tools.
+
+    accelerate launch examples/finetune.py --config examples/configs/lora.yaml [--key value ...]
+    python examples/finetune.py --model_dir DIR --train_data train.jsonl --valid_data valid.jsonl --output_dir out
+
+The model comes from `load_pretrained` (original FunASR folder or HF folder). The output dir gets
+`train.log`, the resolved `config.yaml`, self-contained checkpoints (processor inside), the final
+adapter (or model), and the n-best average.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+from pathlib import Path
+
+import yaml
+from transformers import EarlyStoppingCallback, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from funasr_nano_hf import load_pretrained
+from funasr_nano_hf.data.collator import FunAsrNanoCollator
+from funasr_nano_hf.data.featurize import DataConfig, build_dataset
+from funasr_nano_hf.training.arguments import parse_args
+from funasr_nano_hf.training.model_setup import prepare_model_for_finetuning
+from funasr_nano_hf.training.trainer import FunAsrNanoTrainer
+
+logger = logging.getLogger("finetune")
+
+
+def _callbacks(finetune_args, output_dir):
+    from funasr_nano_hf.training.callbacks import CurvePlotCallback, FileLoggerCallback, NBestCheckpointCallback
+
+    callbacks = [
+        FileLoggerCallback(os.path.join(output_dir, "train.log")),
+        CurvePlotCallback(),
+        NBestCheckpointCallback(
+            keep_nbest_models=finetune_args.keep_nbest_models,
+            avg_nbest_model=finetune_args.avg_nbest_model,
+            metric="eval_cer",
+            greater_is_better=False,
+        ),
+    ]
+    if finetune_args.early_stopping_patience > 0:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=finetune_args.early_stopping_patience))
+    return callbacks
+
+
+def main(argv: list[str] | None = None) -> dict:
+    model_args, data_args, finetune_args, training_args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    set_seed(training_args.seed)
+    out = Path(training_args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if training_args.process_index == 0:
+        resolved = {
+            name: dataclasses.asdict(args) if name != "training" else args.to_dict()
+            for name, args in (("model", model_args), ("data", data_args), ("finetune", finetune_args),
+                               ("training", training_args))
+        }
+        (out / "config.yaml").write_text(yaml.safe_dump(resolved, allow_unicode=True, sort_keys=False))
+
+    model, processor = load_pretrained(model_args.model_dir)
+    data_config = DataConfig(
+        max_source_length=data_args.max_source_length,
+        max_target_length=data_args.max_target_length,
+        min_source_length=data_args.min_source_length,
+        num_proc=data_args.feature_num_proc,
+        on_bad_data=data_args.on_bad_data,
+    )
+    with training_args.main_process_first(desc="featurising"):
+        train_set, train_report = build_dataset(data_args.train_data, processor, data_config)
+        valid_set = None
+        if data_args.valid_data:
+            valid_set, _ = build_dataset(data_args.valid_data, processor, data_config)
+            if data_args.max_eval_samples:
+                valid_set = valid_set.select(range(min(data_args.max_eval_samples, len(valid_set))))
+    logger.info("train data: %s", train_report.format())
+
+    model = prepare_model_for_finetuning(model, model_args)
+    if valid_set is not None:
+        training_args.load_best_model_at_end = training_args.load_best_model_at_end or True
+        training_args.metric_for_best_model = training_args.metric_for_best_model or "eval_cer"
+        training_args.greater_is_better = False if training_args.metric_for_best_model.endswith("cer") else True
+    else:
+        training_args.eval_strategy = "no"
+        training_args.load_best_model_at_end = False
+    trainer = FunAsrNanoTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_set,
+        eval_dataset=valid_set,
+        data_collator=FunAsrNanoCollator(pad_token_id=processor.tokenizer.pad_token_id),
+        processing_class=processor,
+        processor=processor,
+        batch_type=data_args.batch_type,
+        max_tokens=data_args.max_tokens,
+        eval_max_new_tokens=finetune_args.eval_max_new_tokens,
+        callbacks=_callbacks(finetune_args, str(out)) if valid_set is not None else [],
+    )
+    resume = get_last_checkpoint(str(out)) if finetune_args.resume else None
+    if finetune_args.resume and resume is None:
+        logger.info("--resume: no checkpoint in %s, starting fresh", out)
+    result = trainer.train(resume_from_checkpoint=resume)
+    final = out / "final"
+    trainer.save_model(str(final))
+    processor.save_pretrained(str(final))
+    if model_args.use_lora and model_args.merge_lora:
+        merged = trainer.model.merge_and_unload()
+        merged.save_pretrained(str(out / "final_merged"))
+        processor.save_pretrained(str(out / "final_merged"))
+    metrics = dict(result.metrics)
+    if valid_set is not None:
+        metrics.update(trainer.evaluate())
+    trainer.save_metrics("all", metrics)
+    return metrics
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,60 @@
+"""Freezing, LLM dtype and LoRA (peft) for fine-tuning, as FunASR's recipes set them up."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from .arguments import ModelArguments
+
+logger = logging.getLogger(__name__)
+
+LLM_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def lora_target_regex(target_modules: str) -> str:
+    """Only the LLM's linears: the adaptor also has q/k/v/o_proj, which LoRA must not touch."""
+    names = "|".join(name.strip() for name in target_modules.split(",") if name.strip())
+    return rf"model\.language_model\..*\.({names})"
+
+
+def prepare_model_for_finetuning(model, args: ModelArguments):
+    """Returns the model to train (a `PeftModel` when `use_lora`)."""
+    if args.llm_dtype not in LLM_DTYPES:
+        raise ValueError(f"llm_dtype must be one of {sorted(LLM_DTYPES)}, got {args.llm_dtype!r}")
+    dtype = LLM_DTYPES[args.llm_dtype]
+    model.model.language_model.to(dtype)
+    model.lm_head.to(dtype)  # tied to the embeddings: same tensor
+    parts = {
+        "audio_encoder": (model.model.audio_tower, args.freeze_audio_encoder),
+        "audio_adaptor": (model.model.multi_modal_projector, args.freeze_audio_adaptor),
+        "llm": (model.model.language_model, args.freeze_llm),
+    }
+    for module, frozen in parts.values():
+        module.requires_grad_(not frozen)
+    model.lm_head.requires_grad_(not args.freeze_llm)
+    if args.activation_checkpoint:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    if args.use_lora:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(
+            r=args.lora_r,
+            lora_alpha=args.lora_alpha,
+            lora_dropout=args.lora_dropout,
+            target_modules=lora_target_regex(args.lora_target_modules),
+            bias="none",
+        )
+        model = get_peft_model(model, lora)
+        # get_peft_model freezes everything but the adapters; re-open what the user asked to train.
+        for name, (module, frozen) in parts.items():
+            if not frozen:
+                module.requires_grad_(True)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    if trainable == 0:
+        raise ValueError("nothing to train: every module is frozen and use_lora is off")
+    logger.info("trainable parameters: %d / %d (%.3f%%)", trainable, total, 100 * trainable / total)
+    return model
