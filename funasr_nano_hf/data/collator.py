@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
@@ -30,11 +31,13 @@ class FunAsrNanoCollator:
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         if not examples:
             raise ValueError("cannot collate an empty batch")
-        features = [torch.as_tensor(e["input_features"], dtype=torch.float32) for e in examples]
+        # Frozen-path caching stores the LLM-visible audio embeddings instead of the features.
+        audio_key = "audio_embeds" if "audio_embeds" in examples[0] else "input_features"
+        features = [torch.as_tensor(np.asarray(e[audio_key]), dtype=torch.float32) for e in examples]
         frames = torch.tensor([f.shape[0] for f in features])
         batch = {
-            "input_features": _pad(features, 0.0, "right"),
-            "input_features_mask": (torch.arange(int(frames.max()))[None, :] < frames[:, None]).long(),
+            audio_key: _pad(features, 0.0, "right"),
+            f"{audio_key}_mask": (torch.arange(int(frames.max()))[None, :] < frames[:, None]).long(),
         }
         ids = [torch.as_tensor(e["input_ids"], dtype=torch.long) for e in examples]
         if self.for_generation:

@@ -100,6 +100,33 @@ class FunAsrNanoHfModel(FunAsrNanoModel):
         )
 
 
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        input_features: torch.Tensor | None = None,
+        input_features_mask: torch.Tensor | None = None,
+        audio_embeds: torch.Tensor | None = None,
+        audio_embeds_mask: torch.Tensor | None = None,
+        **kwargs,
+    ):
+        """`audio_embeds` [batch, tokens, llm_hidden] (+ mask): the adaptor frames the LLM sees, precomputed
+        (frozen-path caching) — they replace the audio encoder and adaptor."""
+        if audio_embeds is None:
+            return super().forward(
+                input_ids=input_ids, input_features=input_features, input_features_mask=input_features_mask, **kwargs
+            )
+        if input_features is not None:
+            raise ValueError("pass either input_features or audio_embeds, not both")
+        if input_ids is None or audio_embeds_mask is None:
+            raise ValueError("audio_embeds needs input_ids and audio_embeds_mask")
+        inputs_embeds = self.get_input_embeddings()(input_ids)
+        rows = audio_embeds[audio_embeds_mask.to(torch.bool)]
+        placeholders = self.get_placeholder_mask(input_ids, inputs_embeds=inputs_embeds, audio_features=rows)
+        inputs_embeds = inputs_embeds.masked_scatter(placeholders, rows.to(inputs_embeds.device, inputs_embeds.dtype))
+        kwargs.pop("inputs_embeds", None)
+        return super().forward(input_ids=None, inputs_embeds=inputs_embeds, **kwargs)
+
+
 class FunAsrNanoHfForConditionalGeneration(FunAsrNanoForConditionalGeneration):
     config_class = FunAsrNanoHfConfig
     _keep_in_fp32_modules_strict = ["audio_tower", "multi_modal_projector"]

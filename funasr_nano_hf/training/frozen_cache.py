@@ -1,0 +1,64 @@
+"""Frozen-path caching: compute the frozen audio encoder + adaptor once, train the LLM side every epoch.
+
+In the guide's LoRA recipe the audio encoder and adaptor are frozen. Frozen modules stay in eval mode
+here (see `FunAsrNanoHfForConditionalGeneration.train`), so their output for an example never changes:
+the LLM-visible audio embeddings (the first ceil(T_lfr/8) adaptor frames) are computed once with
+`Dataset.map` and stored with the dataset (cached by datasets, keyed on the data and on the audio weights).
+Training then skips the 70-layer encoder, which is most of a LoRA step's compute.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import datasets
+import torch
+
+from ..data.collator import FunAsrNanoCollator
+
+
+def audio_path_is_frozen(model) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    modules = (base.model.audio_tower, base.model.multi_modal_projector)
+    return not any(p.requires_grad for module in modules for p in module.parameters())
+
+
+def _audio_weights_fingerprint(base) -> str:
+    digest = hashlib.sha256()
+    for module in (base.model.audio_tower, base.model.multi_modal_projector):
+        for name, tensor in sorted(module.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().to(torch.float32).cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def add_audio_embeddings(dataset: datasets.Dataset, model, batch_size: int = 8) -> datasets.Dataset:
+    """Replace `input_features` by `audio_embeds` ([tokens, llm_hidden] float32 per example)."""
+    if not audio_path_is_frozen(model):
+        raise ValueError("frozen-path caching needs a frozen audio encoder AND adaptor (freeze both)")
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    collate = FunAsrNanoCollator(pad_token_id=0)
+
+    @torch.no_grad()
+    def embed(batch: dict[str, list]) -> dict[str, list]:
+        rows = [{"input_features": f, "input_ids": [], "labels": []} for f in batch["input_features"]]
+        padded = collate(rows)
+        was_training = base.training
+        base.eval()
+        out = base.model.get_audio_features(
+            padded["input_features"].to(base.device), padded["input_features_mask"].to(base.device)
+        )
+        base.train(was_training)
+        lengths = out.audio_token_lengths.tolist()
+        adaptor = out.adaptor_hidden_states.float().cpu()
+        return {"audio_embeds": [adaptor[i, :n].numpy() for i, n in enumerate(lengths)]}
+
+    fingerprint = hashlib.sha256(f"{dataset._fingerprint}-{_audio_weights_fingerprint(base)}".encode()).hexdigest()[:16]
+    return dataset.map(
+        embed,
+        batched=True,
+        batch_size=batch_size,
+        remove_columns=["input_features"],
+        new_fingerprint=fingerprint,
+        desc="caching frozen audio embeddings",
+    )

@@ -1,0 +1,59 @@
+"""Frozen-path caching gives the same loss as the uncached path on the same batch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from funasr_nano_hf import load_pretrained
+from funasr_nano_hf.data.collator import FunAsrNanoCollator
+from funasr_nano_hf.data.featurize import DataConfig, build_dataset
+from funasr_nano_hf.training.arguments import ModelArguments
+from funasr_nano_hf.training.frozen_cache import add_audio_embeddings
+from funasr_nano_hf.training.model_setup import prepare_model_for_finetuning
+
+
+@pytest.fixture(scope="module")
+def lora_model_and_data(tiny_original_dir, shared_dir, tmp_path_factory):
+    model, processor = load_pretrained(tiny_original_dir)
+    model = prepare_model_for_finetuning(model, ModelArguments(model_dir=str(tiny_original_dir), lora_dropout=0.0))
+    config = DataConfig(cache_dir=str(tmp_path_factory.mktemp("cache")))
+    dataset, _ = build_dataset([str(shared_dir / "data" / "tts" / "valid.jsonl")], processor, config)
+    return model, processor, dataset.select(range(6))
+
+
+def test_cached_and_uncached_loss_and_gradients_match(lora_model_and_data):
+    model, processor, dataset = lora_model_and_data
+    cached = add_audio_embeddings(dataset, model)
+    assert "audio_embeds" in cached.column_names and "input_features" not in cached.column_names
+    collate = FunAsrNanoCollator(pad_token_id=processor.tokenizer.pad_token_id)
+    model.train()
+    results = []
+    for rows in (list(dataset), list(cached)):
+        model.zero_grad()
+        loss = model(**collate(rows)).loss
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        results.append((loss.item(), grads))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    assert loss_a == pytest.approx(loss_b, abs=1e-5)
+    for name, grad in grads_a.items():
+        torch.testing.assert_close(grad, grads_b[name], rtol=1e-4, atol=1e-6)
+
+
+def test_refuses_a_trainable_audio_path(tiny_original_dir, lora_model_and_data):
+    _, processor, dataset = lora_model_and_data
+    model, _ = load_pretrained(tiny_original_dir)
+    model = prepare_model_for_finetuning(
+        model, ModelArguments(model_dir=str(tiny_original_dir), freeze_audio_adaptor=False)
+    )
+    with pytest.raises(ValueError, match="frozen audio encoder AND adaptor"):
+        add_audio_embeddings(dataset, model)
+
+
+def test_frozen_modules_stay_in_eval_mode(lora_model_and_data):
+    model, _, _ = lora_model_and_data
+    model.train()
+    base = model.get_base_model()
+    assert not base.model.audio_tower.training and not base.model.multi_modal_projector.training
+    assert base.model.language_model.training
