@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import torch
 
 from .audio import AudioError, fbank_frames, load_audio
 from .readers import read_manifest
@@ -105,7 +106,11 @@ def load_records(
     return dataset, report
 
 
-def _featurize_batch(batch: dict[str, list], processor) -> dict[str, list]:
+def _featurize_batch(batch: dict[str, list], processor, worker: bool = False) -> dict[str, list]:
+    if worker:
+        # A forked worker must not enter the OpenMP pool inherited from the parent (libgomp is not
+        # fork-safe: the fbank kernels deadlock). One thread per worker; the workers are the parallelism.
+        torch.set_num_threads(1)
     out: dict[str, list] = {
         k: [] for k in ("input_features", "input_ids", "labels", "prompt_length", "num_frames", "num_tokens", "error")
     }
@@ -150,7 +155,7 @@ def featurize(
         batched=True,
         batch_size=16,
         num_proc=config.num_proc if config.num_proc > 1 else None,
-        fn_kwargs={"processor": processor},
+        fn_kwargs={"processor": processor, "worker": config.num_proc > 1},
         new_fingerprint=fingerprint,
         desc="featurising audio",
     )
