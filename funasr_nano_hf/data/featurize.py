@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 import torch
 
 from .audio import AudioError, fbank_frames, load_audio
@@ -114,6 +115,8 @@ def _featurize_batch(batch: dict[str, list], processor, worker: bool = False) ->
     out: dict[str, list] = {
         k: [] for k in ("input_features", "input_ids", "labels", "prompt_length", "num_frames", "num_tokens", "error")
     }
+    extractor = processor.feature_extractor
+    empty = np.zeros((0, extractor.feature_size * extractor.num_frames_lfr), dtype=np.float32)
     for audio, text, prompt in zip(batch["audio"], batch["text"], batch["prompt"]):
         try:
             waveform, _ = load_audio(audio, target_sr=processor.feature_extractor.sampling_rate)
@@ -123,7 +126,7 @@ def _featurize_batch(batch: dict[str, list], processor, worker: bool = False) ->
             out["error"].append(str(err))
         else:
             out["error"].append("")
-        out["input_features"].append(example["input_features"] if example else [])
+        out["input_features"].append(example["input_features"] if example else empty)
         out["input_ids"].append(example["input_ids"] if example else [])
         out["labels"].append(example["labels"] if example else [])
         out["prompt_length"].append(example["prompt_length"] if example else 0)
@@ -150,8 +153,21 @@ def featurize(
     """Audio -> features + prompt/label ids (cached), then the length filters (counted by reason)."""
     report = report or DataReport(read=len(dataset))
     fingerprint = hashlib.sha256(f"{dataset._fingerprint}-{_processor_fingerprint(processor)}".encode()).hexdigest()[:16]
+    features = datasets.Features(
+        {
+            **dataset.features,
+            "input_features": datasets.List(datasets.List(datasets.Value("float32"))),
+            "input_ids": datasets.List(datasets.Value("int32")),
+            "labels": datasets.List(datasets.Value("int32")),
+            "prompt_length": datasets.Value("int32"),
+            "num_frames": datasets.Value("int32"),
+            "num_tokens": datasets.Value("int32"),
+            "error": datasets.Value("string"),
+        }
+    )
     featurised = dataset.map(
         _featurize_batch,
+        features=features,
         batched=True,
         batch_size=16,
         num_proc=config.num_proc if config.num_proc > 1 else None,

@@ -1,0 +1,85 @@
+"""Featurisation through datasets: FunASR's training prompt, cached re-runs, counted length filters."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from funasr_nano_hf.data.featurize import DataConfig, DataError, build_dataset
+
+
+@pytest.fixture()
+def small_set(shared_dir, tmp_path) -> Path:
+    """Six valid clips copied (audio too) into tmp, so the test can delete the audio afterwards."""
+    tts = shared_dir / "data" / "tts"
+    lines = tts.joinpath("valid.jsonl").read_text(encoding="utf-8").splitlines()[:6]
+    (tmp_path / "wav").mkdir()
+    for line in lines:
+        row = json.loads(line)
+        shutil.copy(tts / row["wav"], tmp_path / "wav" / Path(row["wav"]).name)
+    rewritten = [json.dumps({**json.loads(l), "wav": "wav/" + Path(json.loads(l)["wav"]).name}, ensure_ascii=False)
+                 for l in lines]
+    (tmp_path / "set.jsonl").write_text("\n".join(rewritten) + "\n", encoding="utf-8")
+    return tmp_path
+
+
+def test_examples_follow_the_training_prompt(tiny_model, small_set, tmp_path):
+    _, processor = tiny_model
+    dataset, report = build_dataset([str(small_set / "set.jsonl")], processor, DataConfig(cache_dir=str(tmp_path / "c")))
+    assert len(dataset) == report.kept == 6
+    row = dataset[0]
+    waveform, _ = sf.read(row["audio"], dtype="float32")
+    expected = processor.build_training_example(waveform, row["text"], None)
+    assert row["input_ids"] == expected["input_ids"]
+    assert row["labels"] == expected["labels"]
+    assert row["prompt_length"] == expected["prompt_length"]
+    np.testing.assert_array_equal(np.asarray(row["input_features"], dtype=np.float32), expected["input_features"])
+    # labels: -100 on the whole prompt (incl. audio tokens), then the transcript + <|im_end|>
+    assert set(row["labels"][: row["prompt_length"]]) == {-100}
+    tail = processor.tokenizer.decode(row["labels"][row["prompt_length"] :])
+    assert tail == row["text"] + "<|im_end|>"
+
+
+def test_second_run_is_a_cache_hit_without_audio(tiny_model, small_set, tmp_path):
+    _, processor = tiny_model
+    config = DataConfig(cache_dir=str(tmp_path / "c"))
+    first, _ = build_dataset([str(small_set / "set.jsonl")], processor, config)
+    shutil.rmtree(small_set / "wav")  # any audio work now would fail
+    second, report = build_dataset([str(small_set / "set.jsonl")], processor, config)
+    assert report.kept == 6 and not report.dropped.get("unreadable audio")
+    assert second["input_ids"] == first["input_ids"]
+
+
+def test_length_filters_are_counted_by_reason(tiny_model, small_set, tmp_path):
+    _, processor = tiny_model
+    frames = build_dataset([str(small_set / "set.jsonl")], processor, DataConfig(cache_dir=str(tmp_path / "a")))[0]
+    limit = sorted(frames["num_frames"])[3]
+    dataset, report = build_dataset(
+        [str(small_set / "set.jsonl")], processor, DataConfig(cache_dir=str(tmp_path / "b"), max_source_length=limit)
+    )
+    too_long = sum(n > limit for n in frames["num_frames"])
+    assert report.dropped[f"audio longer than max_source_length={limit} frames"] == too_long > 0
+    assert len(dataset) == 6 - too_long
+    _, report = build_dataset(
+        [str(small_set / "set.jsonl")], processor, DataConfig(cache_dir=str(tmp_path / "d"), max_target_length=2)
+    )
+    assert report.dropped["transcript longer than max_target_length=2 tokens"] == 6
+    assert report.kept == 0
+
+
+def test_unreadable_audio_stops_or_is_skipped_with_a_count(tiny_model, small_set, tmp_path):
+    _, processor = tiny_model
+    victim = sorted((small_set / "wav").iterdir())[0]
+    victim.write_bytes(b"not a wav file at all")
+    with pytest.raises(DataError, match=victim.name):
+        build_dataset([str(small_set / "set.jsonl")], processor, DataConfig(cache_dir=str(tmp_path / "a")))
+    dataset, report = build_dataset(
+        [str(small_set / "set.jsonl")], processor, DataConfig(cache_dir=str(tmp_path / "b"), on_bad_data="skip")
+    )
+    assert report.dropped["unreadable audio"] == 1 and len(dataset) == 5
+    assert any(victim.name in problem for problem in report.problems)
