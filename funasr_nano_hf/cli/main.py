@@ -23,6 +23,31 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert_data(args: argparse.Namespace) -> int:
+    from ..data.convert import convert_manifest
+
+    tokenizer = None
+    if args.calculate_lengths:
+        if args.tokenizer:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+        else:
+            from ..conversion.qwen_tokenizer import build_qwen3_tokenizer
+
+            tokenizer = build_qwen3_tokenizer()
+    else:
+        print("lengths not computed: length filtering and batching will compute them from the audio")
+    written, problems = convert_manifest(
+        args.input, args.output, to=args.to, tokenizer=tokenizer, calculate_lengths=args.calculate_lengths,
+        text_path=args.text,
+    )
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    print(f"wrote {written} records to {args.output} ({args.to}); {len(problems)} problems")
+    return 1 if any(p.severity == "error" for p in problems) else 0
+
+
 def _check_data(argv: list[str]) -> int:
     from ..data.checks import check_data_main
 
@@ -39,6 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("out_dir")
     convert.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="dtype of the LLM weights")
     convert.set_defaults(func=_convert)
+
+    convert_data = commands.add_parser("convert-data", help="manifest -> FunASR ChatML / source-target JSONL")
+    convert_data.add_argument("--input", required=True)
+    convert_data.add_argument("--output", required=True)
+    convert_data.add_argument("--to", choices=["chatml", "source-target"], default="chatml")
+    convert_data.add_argument("--text", default=None, help="transcript file when --input is a wav.scp")
+    convert_data.add_argument("--tokenizer", default=None, help="folder of the model's tokenizer (default: Qwen3)")
+    convert_data.add_argument("--no-calculate-lengths", dest="calculate_lengths", action="store_false")
+    convert_data.set_defaults(func=_convert_data)
 
     commands.add_parser("check-data", help="validate manifests; report counts, histograms, problems", add_help=False)
     return parser

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .audio import AudioError, fbank_frames, load_audio
-from .readers import read_manifest
+from .readers import read_manifests
 
 logger = logging.getLogger(__name__)
 
@@ -82,14 +82,12 @@ def load_records(
 ) -> tuple[datasets.Dataset, DataReport]:
     """Read + validate manifests, then load the canonical records through `load_dataset("json")`."""
     report = DataReport()
-    records: list[dict[str, Any]] = []
-    for manifest, text in zip(manifests, text_files or [None] * len(manifests)):
-        result = read_manifest(manifest, text_path=text)
-        errors = [p for p in result.problems if p.severity == "error"]
-        report.problems += [f"{p.severity}: {p.source}: {p.field}: {p.reason}" for p in result.problems]
-        report.dropped["manifest error"] += len(errors)
-        report.read += len(result.records) + len(errors)
-        records += [r.to_dict() for r in result.records]
+    result = read_manifests(manifests, text_files)
+    errors = [p for p in result.problems if p.severity == "error"]
+    report.problems += [str(p) for p in result.problems]
+    report.dropped["manifest error"] += len(errors)
+    report.read = len(result.records) + len(errors)
+    records = [r.to_dict() for r in result.records]
     if report.dropped["manifest error"] and config.on_bad_data == "stop":
         raise DataError("bad training data (on_bad_data='stop'):\n" + report.format())
     if not records:
