@@ -1,0 +1,22 @@
+"""Data: manifest readers, audio, checks, featurisation (datasets), padding, batch samplers."""
+
+from .audio import AudioError, fbank_frames, load_audio
+from .collator import FunAsrNanoCollator
+from .featurize import DataConfig, DataError, build_dataset
+from .readers import AsrRecord, Problem, read_manifest, read_manifests
+from .samplers import build_batch_sampler
+
+__all__ = [
+    "AsrRecord",
+    "AudioError",
+    "DataConfig",
+    "DataError",
+    "FunAsrNanoCollator",
+    "Problem",
+    "build_batch_sampler",
+    "build_dataset",
+    "fbank_frames",
+    "load_audio",
+    "read_manifest",
+    "read_manifests",
+]

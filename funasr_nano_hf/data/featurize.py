@@ -30,7 +30,7 @@ from .readers import read_manifests
 
 logger = logging.getLogger(__name__)
 
-FEATURIZE_VERSION = "1"  # bump when the featurisation code changes what it writes
+FEATURIZE_VERSION = "2"  # bump when the featurisation code changes what it writes
 
 
 @dataclass
@@ -111,19 +111,23 @@ def _featurize_batch(batch: dict[str, list], processor, worker: bool = False) ->
         # fork-safe: the fbank kernels deadlock). One thread per worker; the workers are the parallelism.
         torch.set_num_threads(1)
     out: dict[str, list] = {
-        k: [] for k in ("input_features", "input_ids", "labels", "prompt_length", "num_frames", "num_tokens", "error")
+        k: []
+        for k in ("input_features", "input_ids", "labels", "prompt_length", "num_frames", "num_tokens", "error", "note")
     }
     extractor = processor.feature_extractor
     empty = np.zeros((0, extractor.feature_size * extractor.num_frames_lfr), dtype=np.float32)
     for audio, text, prompt in zip(batch["audio"], batch["text"], batch["prompt"]):
         try:
-            waveform, _ = load_audio(audio, target_sr=processor.feature_extractor.sampling_rate)
+            waveform, info = load_audio(audio, target_sr=processor.feature_extractor.sampling_rate)
             example = processor.build_training_example(waveform, text, prompt)
         except AudioError as err:
             example, waveform = None, None
             out["error"].append(str(err))
+            out["note"].append("")
         else:
             out["error"].append("")
+            notes = [f"resampled from {info.original_sr} Hz"] * info.resampled + [f"downmixed {info.channels} channels"] * info.downmixed
+            out["note"].append("; ".join(notes))
         out["input_features"].append(example["input_features"] if example else empty)
         out["input_ids"].append(example["input_ids"] if example else [])
         out["labels"].append(example["labels"] if example else [])
@@ -161,6 +165,7 @@ def featurize(
             "num_frames": datasets.Value("int32"),
             "num_tokens": datasets.Value("int32"),
             "error": datasets.Value("string"),
+            "note": datasets.Value("string"),
         }
     )
     featurised = dataset.map(
@@ -192,6 +197,9 @@ def featurize(
             report.dropped[reason] += 1
             if error:
                 report.problems.append(f"error: {featurised[row]['source']}: audio: {error}")
+    for row, note in enumerate(featurised["note"]):
+        if note:
+            report.problems.append(f"warning: {featurised[row]['source']}: audio: {note}")
     keep = [i for i, reason in enumerate(reasons) if not reason]
     if any(errors) and config.on_bad_data == "stop":
         raise DataError("unreadable audio (on_bad_data='stop'):\n" + report.format())
@@ -199,7 +207,7 @@ def featurize(
     report.kept = len(result)
     if report.kept < len(featurised):
         logger.warning("data: %s", report.format())
-    return result.remove_columns(["error"]), report
+    return result.remove_columns(["error", "note"]), report
 
 
 def build_dataset(

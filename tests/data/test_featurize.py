@@ -83,3 +83,15 @@ def test_unreadable_audio_stops_or_is_skipped_with_a_count(tiny_model, small_set
     )
     assert report.dropped["unreadable audio"] == 1 and len(dataset) == 5
     assert any(victim.name in problem for problem in report.problems)
+
+
+def test_resampled_and_stereo_audio_is_reported(tiny_model, broken_dir, tmp_path):
+    import json as _json
+
+    _, processor = tiny_model
+    rows = [{"key": "a", "wav": "sr8000.wav", "txt": "八千"}, {"key": "b", "wav": "stereo.wav", "txt": "立体声"}]
+    (broken_dir / "ok_mixed.jsonl").write_text("\n".join(_json.dumps(r, ensure_ascii=False) for r in rows) + "\n")
+    dataset, report = build_dataset([str(broken_dir / "ok_mixed.jsonl")], processor, DataConfig(cache_dir=str(tmp_path)))
+    assert len(dataset) == 2
+    assert any("resampled from 8000 Hz" in p for p in report.problems)
+    assert any("downmixed 2 channels" in p for p in report.problems)
