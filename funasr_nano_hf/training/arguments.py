@@ -44,6 +44,9 @@ class DataArguments:
     num_workers: int = field(default=4)
     feature_num_proc: int = field(default=1, metadata={"help": "processes for featurisation (Dataset.map)"})
     on_bad_data: str = field(default="stop", metadata={"help": "stop | skip (skipped examples are counted)"})
+    cache_frozen_audio: bool = field(
+        default=False, metadata={"help": "compute the frozen encoder+adaptor once and store it with the dataset"}
+    )
     max_eval_samples: int | None = field(default=None)
 
 
@@ -76,6 +79,8 @@ GUIDE_TO_TRAINING = {
     "grad_clip": "max_grad_norm",
 }
 
+DATA_TO_TRAINING = {"batch_size": "per_device_train_batch_size", "num_workers": "dataloader_num_workers"}
+
 # Guide defaults for TrainingArguments fields that keep their own name.
 GUIDE_TRAINING_DEFAULTS = {"weight_decay": 1e-4, "warmup_steps": 500}
 
@@ -100,17 +105,29 @@ def parse_args(argv: list[str] | None = None):
         if unknown:
             raise ValueError(f"{config_path}: unknown option(s) {unknown}")
         parser.set_defaults(**from_yaml)
+        for action in parser._actions:  # a value from the YAML satisfies a required option
+            if action.dest in from_yaml:
+                action.required = False
         explicit |= set(from_yaml)
     model_args, data_args, finetune_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    apply_guide_defaults(finetune_args, training_args, explicit)
+    apply_guide_defaults(finetune_args, training_args, explicit, data_args)
     return model_args, data_args, finetune_args, training_args
 
 
-def apply_guide_defaults(finetune_args: FinetuneArguments, training_args: TrainingArguments, explicit: set[str]):
+def apply_guide_defaults(
+    finetune_args: FinetuneArguments,
+    training_args: TrainingArguments,
+    explicit: set[str],
+    data_args: DataArguments | None = None,
+):
     """Guide knob -> TrainingArguments field, unless that field itself was set explicitly."""
     for guide_name, training_name in GUIDE_TO_TRAINING.items():
         if training_name not in explicit:
             setattr(training_args, training_name, getattr(finetune_args, guide_name))
+    if data_args is not None:
+        for guide_name, training_name in DATA_TO_TRAINING.items():
+            if training_name not in explicit:
+                setattr(training_args, training_name, getattr(data_args, guide_name))
     for name, value in GUIDE_TRAINING_DEFAULTS.items():
         if name not in explicit:
             setattr(training_args, name, value)
