@@ -6,19 +6,23 @@ _repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 _py="${PYTHON:-python3}"
 _key="$( { cat "$_repo/.ci/requirements.txt" "$_repo/.ci/requirements-build.txt"; "$_py" -c 'import sys, tomllib; print(sys.version_info[:2], tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"])' "$_repo/pyproject.toml"; } | sha256sum | cut -c1-16)"
 _venv="${FUNASR_NANO_HF_CACHE:-$HOME/.cache/funasr_nano_hf}/venv-$_key"
+# pip runs quietly (its log is shown only when it fails: this machine's extra package folders make it print
+# one harmless warning per package).
+_pip() { "$_venv/bin/python" -m pip "$@" >"$_venv.pip.log" 2>&1 || { grep -v "is neither a file nor a directory" "$_venv.pip.log" >&2; return 1; }; }
 if [ ! -f "$_venv/.complete" ]; then
   echo "[venv] creating $_venv (first run on this machine: downloads torch etc., several minutes)" >&2
   rm -rf "$_venv"
   "$_py" -m venv "$_venv"
-  "$_venv/bin/python" -m pip install -q --upgrade pip wheel setuptools
+  _pip install -q --upgrade pip wheel setuptools
   # The matched CPU-capable pair first, so nothing else pulls a different torch.
-  "$_venv/bin/python" -m pip install -q "$(grep '^torch==' "$_repo/.ci/requirements.txt")" "$(grep '^torchaudio==' "$_repo/.ci/requirements.txt")"
-  "$_venv/bin/python" -m pip install -q -r "$_repo/.ci/requirements.txt"
+  _pip install -q "$(grep '^torch==' "$_repo/.ci/requirements.txt")" "$(grep '^torchaudio==' "$_repo/.ci/requirements.txt")"
+  _pip install -q -r "$_repo/.ci/requirements.txt"
   # deepspeed ships as an sdist that imports torch at build time: build it against the installed torch.
-  "$_venv/bin/python" -m pip install -q --no-build-isolation "$(grep '^deepspeed' "$_repo/.ci/requirements-build.txt")"
+  _pip install -q --no-build-isolation "$(grep '^deepspeed' "$_repo/.ci/requirements-build.txt")"
   touch "$_venv/.complete"
 fi
-"$_venv/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$_repo" >/dev/null
+"$_venv/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$_repo" >/dev/null 2>&1 \
+  || "$_venv/bin/python" -m pip install --no-deps --no-build-isolation -e "$_repo"
 "$_venv/bin/python" -m pip check >&2
 # shellcheck disable=SC1091
 source "$_venv/bin/activate"

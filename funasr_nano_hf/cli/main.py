@@ -23,6 +23,15 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_funasr(args: argparse.Namespace) -> int:
+    from ..conversion.export import export_funasr
+
+    counts = export_funasr(args.model, args.base, args.output, adapter_dir=args.adapter)
+    print(f"wrote {args.output} in FunASR's original layout: {counts['changed']} tensors changed, "
+          f"{counts['unchanged']} unchanged and {counts['extra']} extra (bit-identical to the base)")
+    return 0
+
+
 def _convert_data(args: argparse.Namespace) -> int:
     from ..data.convert import convert_manifest
 
@@ -64,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("out_dir")
     convert.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="dtype of the LLM weights")
     convert.set_defaults(func=_convert)
+
+    export = commands.add_parser("export-funasr", help="HF model (+ LoRA adapter) -> FunASR's original layout")
+    export.add_argument("--model", required=True, help="HF folder or original folder")
+    export.add_argument("--adapter", default=None, help="LoRA adapter folder to merge")
+    export.add_argument("--base", required=True, help="the ORIGINAL FunASR folder the model came from")
+    export.add_argument("--output", required=True)
+    export.set_defaults(func=_export_funasr)
 
     convert_data = commands.add_parser("convert-data", help="manifest -> FunASR ChatML / source-target JSONL")
     convert_data.add_argument("--input", required=True)
