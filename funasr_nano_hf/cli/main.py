@@ -23,6 +23,60 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".m4a")
+
+
+def _transcribe(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from ..conversion import load_pretrained
+    from ..data.audio import load_audio
+    from ..data.readers import read_manifests
+    from ..inference import transcribe_detailed
+
+    items: list[tuple[str, str, str | None]] = []  # (key, audio path, reference or None)
+    manifests = [i for i in args.inputs if not i.lower().endswith(AUDIO_SUFFIXES)]
+    for path in args.inputs:
+        if path.lower().endswith(AUDIO_SUFFIXES):
+            items.append((Path(path).stem, path, None))
+    if manifests:
+        result = read_manifests(manifests)
+        for problem in result.problems:
+            print(problem, file=sys.stderr)
+        items += [(r.key, r.audio, r.text) for r in result.records]
+    model, processor = load_pretrained(args.model)
+    if args.adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, args.adapter).eval()
+    waveforms = [load_audio(path)[0] for _, path, _ in items]
+    kwargs = {"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {}
+    results = transcribe_detailed(
+        model, processor, waveforms, batch_size=args.batch_size, language=args.language,
+        hotwords=[w for w in (args.hotwords or "").split(",") if w], itn=args.itn, progress=True, **kwargs,
+    )
+    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    for (key, _, reference), result in zip(items, results):
+        row = {"key": key, **result}
+        if reference is not None:
+            row["reference"] = reference
+        out.write(json.dumps(row, ensure_ascii=False) + "\n")
+    if args.output:
+        out.close()
+    flagged = sum(r["hit_limit"] or r["repeated"] for r in results)
+    if flagged:
+        print(f"{flagged} outputs flagged (hit_limit / repeated): check them", file=sys.stderr)
+    references = [(r["text"], ref) for (_, _, ref), r in zip(items, results) if ref is not None]
+    if references:
+        from ..evaluation import NORMALIZER_NAME, compute_cer
+
+        scores = compute_cer([p for p, _ in references], [r for _, r in references])
+        print(f"CER {scores['cer']:.4f} on {len(references)} utterances (normaliser {NORMALIZER_NAME})",
+              file=sys.stderr)
+    return 0
+
+
 def _export_funasr(args: argparse.Namespace) -> int:
     from ..conversion.export import export_funasr
 
@@ -73,6 +127,18 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("out_dir")
     convert.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="dtype of the LLM weights")
     convert.set_defaults(func=_convert)
+
+    tr = commands.add_parser("transcribe", help="audio files or manifests -> JSONL (key, text, duration, flags)")
+    tr.add_argument("inputs", nargs="+", help="audio files and/or manifests (any supported format)")
+    tr.add_argument("--model", required=True, help="original FunASR folder or HF folder")
+    tr.add_argument("--adapter", default=None, help="LoRA adapter folder")
+    tr.add_argument("--batch-size", type=int, default=8)
+    tr.add_argument("--language", default=None, help="zh | en | ja | a checkpoint language name")
+    tr.add_argument("--hotwords", default=None, help="comma-separated")
+    tr.add_argument("--no-itn", dest="itn", action="store_false")
+    tr.add_argument("--max-new-tokens", type=int, default=None, help="default: scaled with the duration")
+    tr.add_argument("--output", default=None, help="JSONL file (default: stdout)")
+    tr.set_defaults(func=_transcribe)
 
     export = commands.add_parser("export-funasr", help="HF model (+ LoRA adapter) -> FunASR's original layout")
     export.add_argument("--model", required=True, help="HF folder or original folder")

@@ -62,6 +62,57 @@ def generate_ids(
     return output[:, batch["input_ids"].shape[1] :]
 
 
+def repeated_span(ids: Sequence[int], min_repeats: int = 4, max_span: int = 8) -> bool:
+    """True when the output ends in a span of 1..max_span tokens repeated min_repeats times (a decode loop)."""
+    for span in range(1, max_span + 1):
+        tail = list(ids[-span * min_repeats :])
+        if len(tail) == span * min_repeats and all(tail[i] == tail[i % span] for i in range(len(tail))):
+            return True
+    return False
+
+
+def transcribe_detailed(
+    model,
+    processor,
+    waveforms: Sequence[np.ndarray],
+    *,
+    batch_size: int = 8,
+    language: str | None = None,
+    hotwords: Sequence[str] | None = None,
+    itn: bool = True,
+    progress: bool = False,
+    **generate_kwargs,
+) -> list[dict]:
+    """Like `transcribe`, with per-clip guards: `hit_limit` (stopped by max_new_tokens, not by <|im_end|>)
+    and `repeated` (the output ends in a repeating span) are flagged, never silently returned."""
+    from tqdm.auto import tqdm
+
+    eos = set(model.generation_config.eos_token_id if isinstance(model.generation_config.eos_token_id, list)
+              else [model.generation_config.eos_token_id])
+    pad = processor.tokenizer.pad_token_id
+    order = sorted(range(len(waveforms)), key=lambda i: len(waveforms[i]), reverse=True)
+    results: list[dict | None] = [None] * len(waveforms)
+    rate = processor.feature_extractor.sampling_rate
+    for start in tqdm(range(0, len(order), batch_size), disable=not progress, desc="transcribing"):
+        chunk = order[start : start + batch_size]
+        kwargs = dict(generate_kwargs)
+        limit = kwargs.setdefault("max_new_tokens", default_max_new_tokens(max(len(waveforms[i]) for i in chunk) / rate))
+        ids = generate_ids(model, processor, [waveforms[i] for i in chunk], language=language, hotwords=hotwords,
+                           itn=itn, **kwargs)
+        texts = processor.batch_decode_transcripts(ids)
+        for row, (index, text) in enumerate(zip(chunk, texts)):
+            tokens = [t for t in ids[row].tolist() if t != pad]
+            stopped = any(t in eos for t in tokens)
+            content = [t for t in tokens if t not in eos]
+            results[index] = {
+                "text": text,
+                "duration": round(len(waveforms[index]) / rate, 3),
+                "hit_limit": not stopped and len(tokens) >= limit,
+                "repeated": repeated_span(content),
+            }
+    return results  # type: ignore[return-value]
+
+
 def transcribe(
     model,
     processor,
