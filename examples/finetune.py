@@ -25,6 +25,7 @@ from funasr_nano_hf import load_pretrained
 from funasr_nano_hf.data.collator import FunAsrNanoCollator
 from funasr_nano_hf.data.featurize import DataConfig, build_dataset
 from funasr_nano_hf.training.arguments import parse_args
+from funasr_nano_hf.training.model_card import CardInfo
 from funasr_nano_hf.training.model_setup import prepare_model_for_finetuning
 from funasr_nano_hf.training.trainer import FunAsrNanoTrainer
 
@@ -81,6 +82,34 @@ def main(argv: list[str] | None = None) -> dict:
     logger.info("train data: %s", train_report.format())
 
     model = prepare_model_for_finetuning(model, model_args)
+    if data_args.cache_frozen_audio:
+        from funasr_nano_hf.training.frozen_cache import add_audio_embeddings
+
+        with training_args.main_process_first(desc="caching frozen audio embeddings"):
+            train_set = add_audio_embeddings(train_set, model)
+    card_info = CardInfo(
+        base_model=model_args.model_dir,
+        train_data=list(data_args.train_data),
+        valid_data=list(data_args.valid_data),
+        train_examples=len(train_set),
+        train_hours=sum(train_set["num_frames"]) / 100 / 3600,
+        valid_examples=len(valid_set) if valid_set is not None else 0,
+        use_lora=model_args.use_lora,
+        options={
+            "learning_rate": training_args.learning_rate,
+            "num_train_epochs": training_args.num_train_epochs,
+            "per_device_train_batch_size": training_args.per_device_train_batch_size,
+            "gradient_accumulation_steps": training_args.gradient_accumulation_steps,
+            "batch_type": data_args.batch_type,
+            "llm_dtype": model_args.llm_dtype,
+            "lora": f"r={model_args.lora_r}, alpha={model_args.lora_alpha}, dropout={model_args.lora_dropout}, "
+            f"targets={model_args.lora_target_modules}" if model_args.use_lora else "off",
+            "frozen": ", ".join(name for name, frozen in (("audio_encoder", model_args.freeze_audio_encoder),
+                                                         ("audio_adaptor", model_args.freeze_audio_adaptor),
+                                                         ("llm", model_args.freeze_llm)) if frozen) or "none",
+            "seed": training_args.seed,
+        },
+    )
     if valid_set is not None:
         training_args.load_best_model_at_end = training_args.load_best_model_at_end or True
         training_args.metric_for_best_model = training_args.metric_for_best_model or "eval_cer"
@@ -100,6 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
         max_tokens=data_args.max_tokens,
         eval_max_new_tokens=finetune_args.eval_max_new_tokens,
         callbacks=_callbacks(finetune_args, str(out)) if valid_set is not None else [],
+        card_info=card_info,
     )
     resume = get_last_checkpoint(str(out)) if finetune_args.resume else None
     if finetune_args.resume and resume is None:
@@ -116,6 +146,8 @@ def main(argv: list[str] | None = None) -> dict:
     if valid_set is not None:
         metrics.update(trainer.evaluate())
     trainer.save_metrics("all", metrics)
+    if training_args.push_to_hub:
+        trainer.push_to_hub(commit_message="funasr_nano_hf fine-tune")
     return metrics
 
 

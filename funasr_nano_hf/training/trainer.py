@@ -42,6 +42,7 @@ class FunAsrNanoTrainer(Trainer):
         batch_type: str = "example",
         max_tokens: int | None = None,
         eval_max_new_tokens: int | None = None,
+        card_info=None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
@@ -52,6 +53,7 @@ class FunAsrNanoTrainer(Trainer):
         self.max_tokens = max_tokens
         self.eval_max_new_tokens = eval_max_new_tokens
         self._batch_sampler = None
+        self.card_info = card_info  # a model_card.CardInfo: our card replaces the Trainer's draft
         self.add_callback(_SetSamplerEpoch(self))
 
     # -- training data: FunASR's batch types ---------------------------------------------------------
@@ -85,6 +87,23 @@ class FunAsrNanoTrainer(Trainer):
             inner.num_processes, inner.process_index = 1, 0
         self._batch_sampler = sampler
         return loader
+
+    def create_model_card(self, model_name: str | None = None, **kwargs) -> None:
+        """The card `push_to_hub` uploads: base model, data, CER with its normaliser, training options."""
+        if self.card_info is None:
+            return super().create_model_card(model_name=model_name, **kwargs)
+        if not self.is_world_process_zero():
+            return
+        import os
+
+        from .model_card import render_model_card
+
+        metrics = {}
+        for entry in self.state.log_history:
+            metrics.update({k: v for k, v in entry.items() if k.startswith("eval_")})
+        name = model_name or self.args.hub_model_id or os.path.basename(os.path.abspath(self.args.output_dir))
+        with open(os.path.join(self.args.output_dir, "README.md"), "w", encoding="utf-8") as handle:
+            handle.write(render_model_card(self.card_info, metrics, name))
 
     # -- evaluation: CER from batched generation -----------------------------------------------------
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):
