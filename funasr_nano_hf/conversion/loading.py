@@ -8,6 +8,7 @@ the key and shapes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import pickle
@@ -124,6 +125,21 @@ def _check_and_fill(model: torch.nn.Module, state: dict[str, torch.Tensor], sour
     model.load_state_dict(state, strict=False)
 
 
+@contextlib.contextmanager
+def _whole_model_under_zero3():
+    """Build the model whole even when a DeepSpeed ZeRO-3 config is active (transformers would partition
+    the sub-models at construction, and model.pt could not be copied in); ZeRO-3 partitions it when the
+    Trainer wraps it."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    saved = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed._hf_deepspeed_config_weak_ref = None
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = saved
+
+
 def load_original(
     model_dir: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
 ) -> tuple[FunAsrNanoHfForConditionalGeneration, FunAsrNanoHfProcessor]:
@@ -160,7 +176,7 @@ def load_original(
         counts = Counter(key.split(".", 1)[0] for key in extras)
         logger.info("%s: keeping %d tensors the HF model has no place for: %s", folder, len(extras), dict(counts))
 
-    with no_init_weights():
+    with no_init_weights(), _whole_model_under_zero3():
         model = FunAsrNanoHfForConditionalGeneration(config)
     _check_and_fill(model, {k: v.float() if v.is_floating_point() else v for k, v in ours.items()}, folder / "model.pt")
     model.tie_weights()

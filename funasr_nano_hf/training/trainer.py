@@ -112,32 +112,36 @@ class FunAsrNanoTrainer(Trainer):
         if len(dataset) and "text" in dataset.column_names:
             started = time.perf_counter()
             predictions = self.generate_transcripts(dataset)
-            if self.args.process_index == 0 or not self.is_in_train:
-                scores = compute_cer(predictions, list(dataset["text"]))
-                output.metrics[f"{metric_key_prefix}_cer"] = scores["cer"]
-                logger.info(
-                    "%s CER %.4f (normaliser %s) on %d utterances, decoded in %.1fs",
-                    metric_key_prefix, scores["cer"], NORMALIZER_NAME, len(predictions), time.perf_counter() - started,
-                )
+            scores = compute_cer(predictions, list(dataset["text"]))
+            output.metrics[f"{metric_key_prefix}_cer"] = scores["cer"]
+            logger.info(
+                "%s CER %.4f (normaliser %s) on %d utterances, decoded in %.1fs",
+                metric_key_prefix, scores["cer"], NORMALIZER_NAME, len(predictions), time.perf_counter() - started,
+            )
             self.last_predictions = predictions
         return output
 
     @torch.no_grad()
     def generate_transcripts(self, dataset, batch_size: int | None = None) -> list[str]:
-        """Greedy transcripts of every example's prompt, batched and left-padded."""
+        """Greedy transcripts of every example's prompt, batched and left-padded; with several processes
+        each decodes a contiguous shard and the strings are gathered in dataset order."""
+        from accelerate.utils import gather_object
+
         model = self.accelerator.unwrap_model(self.model)
         was_training = model.training
         model.eval()
         collate = FunAsrNanoCollator(pad_token_id=self.processor.tokenizer.pad_token_id, for_generation=True)
         batch_size = batch_size or self.args.per_device_eval_batch_size
+        world, rank = self.args.world_size, self.args.process_index
+        shard = dataset.shard(num_shards=world, index=rank, contiguous=True) if world > 1 else dataset
         frames_per_second = 100  # num_frames are 10 ms fbank frames
         predictions: list[str] = []
-        for start in range(0, len(dataset), batch_size):
-            rows = dataset.select(range(start, min(start + batch_size, len(dataset))))
+        for start in range(0, len(shard), batch_size):
+            rows = shard.select(range(start, min(start + batch_size, len(shard))))
             batch = collate(list(rows))
             batch = {k: v.to(self.args.device) for k, v in batch.items()}
             max_new = self.eval_max_new_tokens or default_max_new_tokens(max(rows["num_frames"]) / frames_per_second)
             ids = model.generate(**batch, max_new_tokens=max_new, do_sample=False)
             predictions += self.processor.batch_decode_transcripts(ids[:, batch["input_ids"].shape[1] :])
         model.train(was_training)
-        return predictions
+        return gather_object(predictions) if world > 1 else predictions
