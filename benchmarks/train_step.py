@@ -1,0 +1,178 @@
+#!/usr/bin/env python
+"""LoRA training step at the REAL Fun-ASR-Nano-2512 architecture (random weights) on CPU, side by side in one
+run: FunASR's own `FunASRNano` forward+backward+AdamW (its own LoRA, lora_finetune.sh freezing) vs ours
+(peft LoRA, same targets/rank), uncached and with frozen-path caching. Batch: 4 clips of 3-4 s.
+
+Each variant runs in its own subprocess (peak RSS per variant); the parent prints the table and ratios.
+"a step" = forward + backward + optimizer step on the same batch; warm-up step excluded.
+
+    python benchmarks/train_step.py [--checkpoint DIR] [--steps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "tts"
+LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
+
+
+def pick_clips(n: int = 4) -> list[dict]:
+    rows = list(csv.DictReader(open(SHARED / "train_meta.tsv", encoding="utf-8"), delimiter="\t"))
+    chosen = [r for r in rows if 3.0 <= float(r["duration_s"]) <= 4.0][:n]
+    return [{"key": r["key"], "wav": str(SHARED / "wav" / "train" / f"{r['key']}.wav"), "txt": r["txt"]}
+            for r in chosen]
+
+
+def _timed_steps(step, steps: int) -> list[float]:
+    step()  # warm-up
+    times = []
+    for _ in range(steps):
+        started = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def run_funasr(checkpoint: str, clips: list[dict], steps: int) -> dict:
+    import torch
+    from torch.nn.utils.rnn import pad_sequence
+
+    from funasr_nano_hf.conversion.funasr_reference import FunASRReference
+    from funasr_nano_hf.models import prompting
+
+    ref = FunASRReference(checkpoint)
+    model = ref.model
+    model._apply_lora_to_llm({"lora_conf": LORA})
+    for name, param in model.named_parameters():
+        param.requires_grad = "lora_" in name
+    model.llm.float()
+    model.llm_dtype = "fp32"  # FunASR's forward autocasts the LLM to config's llm_dtype (bf16); compare in fp32
+    extra = {k: v for k, v in ref.kwargs.items() if k not in ("tokenizer", "frontend")}
+    items = []
+    for clip in clips:
+        contents = model.data_template(ref._messages(clip["wav"], prompting.instruction(), clip["txt"]))
+        items.append(model.data_load_speech(contents, ref.tokenizer, ref.frontend, **{**extra, "device": "cpu"}))
+    batch = {
+        "speech": pad_sequence([i["speech"][0] for i in items], batch_first=True),
+        "speech_lengths": torch.cat([i["speech_lengths"] for i in items]),
+        "input_ids": pad_sequence([i["input_ids"][0] for i in items], batch_first=True, padding_value=-1),
+        "attention_mask": pad_sequence([i["attention_mask"][0] for i in items], batch_first=True),
+        "labels_ids": pad_sequence([i["labels_ids"] for i in items], batch_first=True, padding_value=-1),
+        "fbank_beg": torch.cat([i["fbank_beg"] for i in items]),
+        "fake_token_len": torch.cat([i["fake_token_len"] for i in items]),
+    }
+    fresh = lambda: {k: v.clone() for k, v in batch.items()}  # noqa: E731 (FunASR edits its inputs in place)
+    model.eval()
+    with torch.no_grad():
+        loss0 = model(**fresh())[0].item()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    model.train()
+
+    def step():
+        loss = model(**fresh())[0]
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    return {"loss0": loss0, "times": _timed_steps(step, steps)}
+
+
+def run_ours(checkpoint: str, clips: list[dict], steps: int, cached: bool) -> dict:
+    import torch
+
+    from funasr_nano_hf import load_pretrained
+    from funasr_nano_hf.data.collator import FunAsrNanoCollator
+    from funasr_nano_hf.data.featurize import DataConfig, build_dataset
+    from funasr_nano_hf.training.arguments import ModelArguments
+    from funasr_nano_hf.training.frozen_cache import add_audio_embeddings
+    from funasr_nano_hf.training.model_setup import prepare_model_for_finetuning
+
+    model, processor = load_pretrained(checkpoint)
+    model = prepare_model_for_finetuning(model, ModelArguments(
+        model_dir=checkpoint, lora_r=LORA["r"], lora_alpha=LORA["lora_alpha"], lora_dropout=0.0,
+        lora_target_modules=",".join(LORA["target_modules"])))
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest = Path(tmp) / "batch.jsonl"
+        manifest.write_text("\n".join(json.dumps(c, ensure_ascii=False) for c in clips) + "\n", encoding="utf-8")
+        dataset, _ = build_dataset([str(manifest)], processor, DataConfig(cache_dir=tmp))
+        cache_seconds = 0.0
+        if cached:
+            started = time.perf_counter()
+            dataset = add_audio_embeddings(dataset, model)
+            cache_seconds = time.perf_counter() - started
+        batch = FunAsrNanoCollator(pad_token_id=processor.tokenizer.pad_token_id)(list(dataset))
+    model.eval()
+    with torch.no_grad():
+        loss0 = model(**batch).loss.item()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    model.train()
+
+    def step():
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    return {"loss0": loss0, "times": _timed_steps(step, steps), "cache_seconds": cache_seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", default=None, help="original-layout folder (default: build one, ~2 GB)")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--variant", choices=["funasr", "ours", "ours_cached"], default=None)
+    args = parser.parse_args()
+    clips = pick_clips()
+    if args.variant:
+        if args.variant == "funasr":
+            result = run_funasr(args.checkpoint, clips, args.steps)
+        else:
+            result = run_ours(args.checkpoint, clips, args.steps, cached=args.variant == "ours_cached")
+        result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+        print("RESULT " + json.dumps(result))
+        return
+
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = args.checkpoint
+        if checkpoint is None:
+            from funasr_nano_hf.conversion.funasr_checkpoint import write_original_checkpoint
+
+            checkpoint = str(write_original_checkpoint(Path(tmp) / "real", size="real", seed=0))
+        import soundfile as sf
+
+        audio = sum(sf.info(c["wav"]).duration for c in clips)
+        results = {}
+        for variant in ("funasr", "ours", "ours_cached"):
+            out = subprocess.run([sys.executable, __file__, "--variant", variant, "--checkpoint", checkpoint,
+                                  "--steps", str(args.steps)], capture_output=True, text=True)
+            line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
+            if line is None:
+                raise SystemExit(f"{variant} failed:\n{out.stderr[-3000:]}")
+            results[variant] = json.loads(line[7:])
+    print(f"real Fun-ASR-Nano-2512 architecture, random weights, fp32, CPU; batch {len(clips)} clips, "
+          f"{audio:.1f} s audio; LoRA r={LORA['r']} on {','.join(LORA['target_modules'])}; {args.steps} timed steps")
+    print(f"{'variant':14s} {'s/step':>8s} {'steps/s':>8s} {'audio s/s':>9s} {'peak RSS GB':>11s} {'loss@0':>10s}")
+    speed = {}
+    for name, r in results.items():
+        per_step = sum(r["times"]) / len(r["times"])
+        speed[name] = 1 / per_step
+        print(f"{name:14s} {per_step:8.2f} {1 / per_step:8.3f} {audio / per_step:9.2f} {r['peak_rss_gb']:11.2f} "
+              f"{r['loss0']:10.5f}")
+    print(f"ratios (steps/s): ours/funasr {speed['ours'] / speed['funasr']:.2f}x, "
+          f"ours_cached/funasr {speed['ours_cached'] / speed['funasr']:.2f}x, "
+          f"ours_cached/ours {speed['ours_cached'] / speed['ours']:.2f}x")
+    print(f"loss before any update: |ours - funasr| = {abs(results['ours']['loss0'] - results['funasr']['loss0']):.2e}; "
+          f"one-off cost of caching the batch's audio embeddings: {results['ours_cached']['cache_seconds']:.2f} s")
+
+
+if __name__ == "__main__":
+    main()
