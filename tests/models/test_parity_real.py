@@ -16,6 +16,7 @@ from funasr_nano_hf import load_pretrained
 from funasr_nano_hf.conversion.funasr_checkpoint import write_original_checkpoint
 from funasr_nano_hf.conversion.loading import read_model_pt
 from funasr_nano_hf.conversion.original_layout import encoder_layout, hf_to_original, original_to_hf
+from funasr_nano_hf.data.collator import FunAsrNanoCollator
 from funasr_nano_hf.inference import generate_ids
 from funasr_nano_hf.models import prompting
 
@@ -68,16 +69,8 @@ def test_real_size_logits_and_greedy_tokens(real_pair, sample_wav):
     instruction = prompting.instruction()
     ref_logits, ref_loss, _ = reference.teacher_forced(str(sample_wav), instruction, TRANSCRIPT)
     example = processor.build_training_example(waveform, TRANSCRIPT, instruction)
-    ids = torch.tensor([example["input_ids"]])
-    features = torch.from_numpy(example["input_features"])[None]
     with torch.no_grad():
-        out = model(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            input_features=features,
-            input_features_mask=torch.ones(features.shape[:2], dtype=torch.long),
-            labels=torch.tensor([example["labels"]]),
-        )
+        out = model(**FunAsrNanoCollator(pad_token_id=processor.tokenizer.pad_token_id)([example]))
     assert (out.logits - ref_logits).abs().max().item() <= 1e-4
     assert abs(out.loss.item() - ref_loss.item()) <= 1e-4
     ref_ids = reference.greedy(str(sample_wav), instruction, max_new_tokens=12)

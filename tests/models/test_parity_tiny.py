@@ -13,6 +13,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from funasr_nano_hf.data.collator import FunAsrNanoCollator
 from funasr_nano_hf.inference import generate_ids
 from funasr_nano_hf.models import prompting
 
@@ -73,16 +74,8 @@ def test_teacher_forced_logits_and_loss(tiny_model, tiny_reference, sample_wav):
     instruction = prompting.instruction()
     ref_logits, ref_loss, _ = tiny_reference.teacher_forced(str(sample_wav), instruction, TRANSCRIPT)
     example = processor.build_training_example(_wav(sample_wav), TRANSCRIPT, instruction)
-    ids = torch.tensor([example["input_ids"]])
-    features = torch.from_numpy(example["input_features"])[None]
     with torch.no_grad():
-        out = model(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            input_features=features,
-            input_features_mask=torch.ones(features.shape[:2], dtype=torch.long),
-            labels=torch.tensor([example["labels"]]),
-        )
+        out = model(**FunAsrNanoCollator(pad_token_id=processor.tokenizer.pad_token_id)([example]))
     assert (out.logits - ref_logits).abs().max().item() <= 1e-4
     assert abs(out.loss.item() - ref_loss.item()) <= 1e-5
 

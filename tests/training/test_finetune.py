@@ -23,16 +23,6 @@ FINETUNE = REPO / "examples" / "finetune.py"
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def data_dir(shared_dir, tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("ft_data")
-    tts = shared_dir / "data" / "tts"
-    (folder / "train.jsonl").write_text("".join(tts.joinpath("train.jsonl").read_text().splitlines(True)[:48]))
-    (folder / "valid.jsonl").write_text("".join(tts.joinpath("valid.jsonl").read_text().splitlines(True)[:6]))
-    (folder / "wav").symlink_to(tts / "wav")
-    return folder
-
-
 def _args(model_dir, data_dir, out, *extra) -> list[str]:
     return [
         sys.executable, str(FINETUNE), "--model_dir", str(model_dir),

@@ -19,16 +19,6 @@ BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def data_dir(shared_dir, tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("mp_data")
-    tts = shared_dir / "data" / "tts"
-    (folder / "train.jsonl").write_text("".join(tts.joinpath("train.jsonl").read_text().splitlines(True)[:48]))
-    (folder / "valid.jsonl").write_text("".join(tts.joinpath("valid.jsonl").read_text().splitlines(True)[:6]))
-    (folder / "wav").symlink_to(tts / "wav")
-    return folder
-
-
 def _args(model_dir, data_dir, out, batch_size, *extra):
     return [FINETUNE, "--model_dir", str(model_dir), "--train_data", str(data_dir / "train.jsonl"),
             "--valid_data", str(data_dir / "valid.jsonl"), "--output_dir", str(out), "--max_epoch", "1",
