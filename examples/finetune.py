@@ -52,6 +52,21 @@ def _callbacks(finetune_args, output_dir):
 
 def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, finetune_args, training_args = parse_args(argv)
+    if training_args.deepspeed:
+        # `--deepspeed CONFIG` fills the config's "auto" values when TrainingArguments is built, before the guide
+        # options (batch_size, accum_grad, grad_clip) are applied: fill them again from the final values.
+        from accelerate.utils import DeepSpeedPlugin
+        from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
+
+        training_args.hf_deepspeed_config = HfTrainerDeepSpeedConfig(training_args.deepspeed)
+        training_args.hf_deepspeed_config.trainer_config_process(training_args)
+        training_args.deepspeed_plugin = DeepSpeedPlugin(hf_ds_config=training_args.hf_deepspeed_config)
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != training_args.world_size:  # e.g. GPU launch flags on a CPU-only machine: N separate trainings
+        raise RuntimeError(
+            f"launched as {launched} processes but the Trainer sees {training_args.world_size}; without GPUs pass "
+            "--use_cpu true (DDP), or --ddp_backend gloo (DeepSpeed through accelerate launch)"
+        )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     set_seed(training_args.seed)
     out = Path(training_args.output_dir)
