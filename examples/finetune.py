@@ -6,7 +6,8 @@
 
 The model comes from `load_pretrained` (original FunASR folder or HF folder). The output dir gets
 `train.log`, the resolved `config.yaml`, self-contained checkpoints (processor inside), the final
-adapter (or model), and the n-best average.
+adapter (or model), and the n-best average. Checkpoints and output folders are written atomically;
+`--resume` continues from the newest complete checkpoint (tests/fault/README.md lists the faults covered).
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ from pathlib import Path
 
 import yaml
 from transformers import EarlyStoppingCallback, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from funasr_nano_hf import load_pretrained
 from funasr_nano_hf.data.collator import FunAsrNanoCollator
 from funasr_nano_hf.data.featurize import DataConfig, build_dataset
 from funasr_nano_hf.training.arguments import parse_args
+from funasr_nano_hf.training.checkpointing import newest_complete_checkpoint, scan_checkpoints
 from funasr_nano_hf.training.model_card import CardInfo
 from funasr_nano_hf.training.model_setup import prepare_model_for_finetuning
 from funasr_nano_hf.training.trainer import FunAsrNanoTrainer
@@ -32,22 +33,42 @@ from funasr_nano_hf.training.trainer import FunAsrNanoTrainer
 logger = logging.getLogger("finetune")
 
 
-def _callbacks(finetune_args, output_dir):
+def _callbacks(finetune_args, output_dir, validating: bool):
     from funasr_nano_hf.training.callbacks import CurvePlotCallback, FileLoggerCallback, NBestCheckpointCallback
 
-    callbacks = [
-        FileLoggerCallback(os.path.join(output_dir, "train.log")),
-        CurvePlotCallback(),
+    callbacks = [FileLoggerCallback(os.path.join(output_dir, "train.log")), CurvePlotCallback()]
+    if not validating:
+        return callbacks
+    callbacks.append(
         NBestCheckpointCallback(
             keep_nbest_models=finetune_args.keep_nbest_models,
             avg_nbest_model=finetune_args.avg_nbest_model,
             metric="eval_cer",
             greater_is_better=False,
-        ),
-    ]
+        )
+    )
     if finetune_args.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=finetune_args.early_stopping_patience))
     return callbacks
+
+
+def _resume_point(finetune_args, out: Path) -> str | None:
+    """--resume: the newest COMPLETE checkpoint (torn ones are logged and skipped). Only torn ones: stop
+    rather than train from scratch over them."""
+    if not finetune_args.resume:
+        return None
+    resume = newest_complete_checkpoint(out)
+    if resume is None:
+        torn = scan_checkpoints(out)[1]
+        if torn:
+            listing = "; ".join(f"{path.name}: {problem}" for path, problem in sorted(torn.items()))
+            raise RuntimeError(
+                f"--resume: no complete checkpoint in {out}, only incomplete ones ({listing}). To resume from one "
+                "you know is complete (e.g. written before atomic checkpoints), mark it with "
+                "funasr_nano_hf.training.checkpointing.mark_complete(path); to start over, use a new --output_dir"
+            )
+        logger.info("--resume: no checkpoint in %s, starting fresh", out)
+    return resume
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -128,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
     if valid_set is not None:
         training_args.load_best_model_at_end = training_args.load_best_model_at_end or True
         training_args.metric_for_best_model = training_args.metric_for_best_model or "eval_cer"
-        training_args.greater_is_better = False if training_args.metric_for_best_model.endswith("cer") else True
+        training_args.greater_is_better = not training_args.metric_for_best_model.endswith(("cer", "loss"))
     else:
         training_args.eval_strategy = "no"
         training_args.load_best_model_at_end = False
@@ -143,20 +164,21 @@ def main(argv: list[str] | None = None) -> dict:
         batch_type=data_args.batch_type,
         max_tokens=data_args.max_tokens,
         eval_max_new_tokens=finetune_args.eval_max_new_tokens,
-        callbacks=_callbacks(finetune_args, str(out)) if valid_set is not None else [],
+        callbacks=_callbacks(finetune_args, str(out), validating=valid_set is not None),
         card_info=card_info,
+        on_nonfinite=finetune_args.on_nonfinite,
     )
-    resume = get_last_checkpoint(str(out)) if finetune_args.resume else None
-    if finetune_args.resume and resume is None:
-        logger.info("--resume: no checkpoint in %s, starting fresh", out)
-    result = trainer.train(resume_from_checkpoint=resume)
-    final = out / "final"
-    trainer.save_model(str(final))
-    processor.save_pretrained(str(final))
+    result = trainer.train(resume_from_checkpoint=_resume_point(finetune_args, out))
+    with trainer.atomic_output(out / "final") as staged:
+        trainer.save_model(str(staged))
+        if trainer.args.should_save:
+            processor.save_pretrained(str(staged))
     if model_args.use_lora and model_args.merge_lora:
         merged = trainer.model.merge_and_unload()
-        merged.save_pretrained(str(out / "final_merged"))
-        processor.save_pretrained(str(out / "final_merged"))
+        with trainer.atomic_output(out / "final_merged") as staged:
+            if trainer.args.should_save:
+                merged.save_pretrained(str(staged))
+                processor.save_pretrained(str(staged))
     metrics = dict(result.metrics)
     if valid_set is not None:
         metrics.update(trainer.evaluate())

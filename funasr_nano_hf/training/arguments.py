@@ -67,6 +67,13 @@ class FinetuneArguments:
     accum_grad: int = field(default=1)
     grad_clip: float = field(default=5.0)
     eval_max_new_tokens: int | None = field(default=None, metadata={"help": "default: scaled with duration"})
+    on_nonfinite: str = field(
+        default="stop",
+        metadata={
+            "help": "NaN/inf loss or gradient: stop (named error) | skip (no update from the batch, counted)",
+            "choices": ["stop", "skip"],
+        },
+    )
 
 
 GUIDE_TO_TRAINING = {

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import io
 import json
 import logging
 import math
@@ -52,7 +53,6 @@ import os
 import re
 import shutil
 import time
-import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,16 @@ from typing import Any
 import torch
 from transformers import EarlyStoppingCallback, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from .checkpointing import (
+    COMPLETE_MARKER,
+    atomic_directory,
+    atomic_write_bytes,
+    complete_checkpoints,
+    mark_complete,
+    remove_directory,
+)
+from .faults import fault_point
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +101,8 @@ TRAINING_STATE_PATTERNS = (
     "latest",  # DeepSpeed's pointer to them
     "pytorch_model*.bin",
     "adapter_model.bin",
+    COMPLETE_MARKER,  # the average is a model folder, not a checkpoint to resume
 )
-_CHECKPOINT_RE = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -149,18 +159,6 @@ def _average_file(files: Sequence[Path]) -> tuple[dict[str, torch.Tensor], dict[
         return averaged, handles[0].metadata()
 
 
-def _replace_dir(tmp: Path, out_dir: Path) -> None:
-    """Move a finished `tmp` folder to `out_dir`, replacing an existing one; readers never see a half-written
-    folder (a directory cannot be renamed over a non-empty one, hence the two renames)."""
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
-        os.rename(out_dir, old)
-        os.rename(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, out_dir)
-
-
 def average_checkpoints(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> Path:
     """Average the weights of checkpoint folders into `out_dir` (a copy of ``paths[0]`` with averaged weights).
 
@@ -170,7 +168,8 @@ def average_checkpoints(paths: Sequence[str | os.PathLike], out_dir: str | os.Pa
     loads like the checkpoint did. Its weight files (``adapter_model.safetensors`` for peft,
     ``model.safetensors`` or index-listed shards otherwise) are replaced by the mean over all `paths`,
     accumulated in float32 and cast back to each tensor's stored dtype; integer tensors come from
-    ``paths[0]``. Written to a temporary sibling folder first, then renamed into place.
+    ``paths[0]``. Written atomically (`checkpointing.atomic_directory`): `out_dir` is the complete average or
+    is left as it was.
     """
     folders = [Path(p) for p in paths]
     if not folders:
@@ -190,7 +189,6 @@ def average_checkpoints(paths: Sequence[str | os.PathLike], out_dir: str | os.Pa
     from safetensors.torch import save_file
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     skipped = set(names)
 
     def ignore(directory: str, entries: list[str]) -> set[str]:
@@ -202,24 +200,19 @@ def average_checkpoints(paths: Sequence[str | os.PathLike], out_dir: str | os.Pa
             or any(fnmatch.fnmatch(entry, pattern) for pattern in TRAINING_STATE_PATTERNS)
         }
 
-    try:
-        shutil.copytree(folders[0], tmp, ignore=ignore)
+    with atomic_directory(out_dir) as tmp:
+        shutil.copytree(folders[0], tmp, ignore=ignore, dirs_exist_ok=True)
         for name in names:
             tensors, metadata = _average_file([folder / name for folder in folders])
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             save_file(tensors, str(tmp / name), metadata=metadata)
             del tensors
-        _replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            fault_point("average")
     return out_dir
 
 
 def _write_json_atomic(path: Path, payload: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_bytes(path, (json.dumps(payload, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -232,6 +225,10 @@ class NBestCheckpointCallback(TrainerCallback):
     restored on resume, so checkpoints of an earlier session keep their scores) and from `on_evaluate`.
     A checkpoint is scored by the evaluation at its own step. The Trainer evaluates, then saves
     ``checkpoint-<step>`` and calls `on_save`; pruning runs at both events, so either order works.
+
+    Only complete checkpoints count (`checkpointing`: published with their completion marker; a plain
+    Trainer's checkpoint gets the marker at `on_save`); torn ones are left alone. Deleting renames first, so a
+    killed prune never leaves a half-deleted checkpoint that looks complete.
 
     Never deleted: the newest checkpoint (resume needs it), the Trainer's ``state.best_model_checkpoint``
     (``load_best_model_at_end`` needs it), checkpoints newer than the current step (not this run's), and
@@ -280,15 +277,9 @@ class NBestCheckpointCallback(TrainerCallback):
 
     @staticmethod
     def _checkpoints(output_dir: str | os.PathLike, max_step: int) -> dict[int, Path]:
-        """Existing ``checkpoint-<step>`` folders of this run (step <= current step)."""
-        root = Path(output_dir)
-        found: dict[int, Path] = {}
-        if root.is_dir():
-            for child in root.iterdir():
-                match = _CHECKPOINT_RE.match(child.name)
-                if match and child.is_dir() and int(match.group(1)) <= max_step:
-                    found[int(match.group(1))] = child
-        return found
+        """Complete ``checkpoint-<step>`` folders of this run (step <= current step); torn ones are neither
+        ranked, averaged nor deleted."""
+        return complete_checkpoints(output_dir, max_step)
 
     def _rank(self, scored: dict[int, float]) -> list[int]:
         """Steps, best first; NaN scores last, ties to the earlier step."""
@@ -341,7 +332,7 @@ class NBestCheckpointCallback(TrainerCallback):
                 logger.info(
                     "n-best: deleting %s (%s=%s, outside the %d best)", path, self.metric, scores.get(step), keep
                 )
-                shutil.rmtree(path, ignore_errors=True)
+                remove_directory(path)
         order = ranked + sorted(step for step in keep_steps if step not in scored)
         kept = [self._entry(step, checkpoints[step], scores) for step in order if step in keep_steps]
         self._write_summary(args, kept, None)
@@ -383,7 +374,17 @@ class NBestCheckpointCallback(TrainerCallback):
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         if self._training and state.is_world_process_zero:
+            self._adopt(args, state)
             self._safe_prune(args, state)
+
+    @staticmethod
+    def _adopt(args: TrainingArguments, state: TrainerState) -> None:
+        """Only complete checkpoints (with `checkpointing.COMPLETE_MARKER`) are ranked, averaged or deleted.
+        `FunAsrNanoTrainer` publishes them with the marker; a plain `Trainer` has finished writing the folder
+        when it calls `on_save`, so the marker is written here."""
+        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if folder.is_dir() and not (folder / COMPLETE_MARKER).exists():
+            mark_complete(folder)
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         self._training = False
@@ -581,9 +582,9 @@ class CurvePlotCallback(TrainerCallback):
         figure.tight_layout()
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-        figure.savefig(tmp, format="png")
-        os.replace(tmp, path)
+        image = io.BytesIO()
+        figure.savefig(image, format="png")
+        atomic_write_bytes(path, image.getvalue())
         return path
 
     def _save(self, args: TrainingArguments, state: TrainerState) -> None:

@@ -4,27 +4,50 @@ at every evaluation.
 Evaluation = the Trainer's teacher-forced loss (`eval_loss`) + greedy decoding of every eval example's
 prompt, left-padded in batches, scored with the shipped mixed zh/en CER metric (`eval_cer`; the
 normaliser's name is logged next to it, metrics themselves must be numbers).
+
+Fault tolerance (tests/fault/README.md):
+
+* checkpoints are written atomically and resuming takes the newest complete one, vetted first
+  (`checkpointing`); ``train(resume_from_checkpoint=True)`` means that one, not transformers' newest folder;
+* a non-finite loss or gradient is caught at the step and named with the examples' keys, which the train
+  dataloader carries in the batch (``example_keys``, popped before the forward pass); the batch is skipped
+  or training stops (`nonfinite`);
+* an out-of-memory error in a training step names the batch and the options to turn (`oom`);
+* `faults.fault_point` marks where the fault-injection tests kill the process (a no-op in normal use).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from ..data.collator import FunAsrNanoCollator
 from ..data.samplers import build_batch_sampler
 from ..evaluation import NORMALIZER_NAME, compute_cer
 from ..inference.transcribe import default_max_new_tokens
+from .checkpointing import atomic_directory, newest_complete_checkpoint, remove_stale_temporaries, vet_checkpoint
+from .faults import fault_point
+from .nonfinite import NonFiniteGuard, SkipBatch
+from .oom import BatchShape, out_of_memory_guard
 
 logger = logging.getLogger(__name__)
 
+KEYS_FIELD = "example_keys"
 
-class _SetSamplerEpoch(TrainerCallback):
-    """The epoch's batch order is a function of (seed, epoch): tell the sampler which epoch starts."""
+
+class _EpochEvents(TrainerCallback):
+    """The epoch's batch order is a function of (seed, epoch): tell the sampler which epoch starts. Between
+    epochs is also a fault-injection point."""
 
     def __init__(self, trainer: "FunAsrNanoTrainer"):
         self.trainer = trainer
@@ -32,6 +55,22 @@ class _SetSamplerEpoch(TrainerCallback):
     def on_epoch_begin(self, args, state, control, **kwargs):
         if self.trainer._batch_sampler is not None:
             self.trainer._batch_sampler.set_epoch(int(state.epoch or 0))
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        fault_point("epoch_end")
+
+
+@dataclass
+class _WithKeys:
+    """The train collator plus each example's ``key`` (for messages about the batch); the trainer pops it."""
+
+    collate: Callable[[list[dict[str, Any]]], dict[str, Any]]
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = self.collate(examples)
+        if "key" in examples[0]:
+            batch[KEYS_FIELD] = [str(example["key"]) for example in examples]
+        return batch
 
 
 class FunAsrNanoTrainer(Trainer):
@@ -43,6 +82,7 @@ class FunAsrNanoTrainer(Trainer):
         max_tokens: int | None = None,
         eval_max_new_tokens: int | None = None,
         card_info=None,
+        on_nonfinite: str = "stop",
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
@@ -54,7 +94,113 @@ class FunAsrNanoTrainer(Trainer):
         self.eval_max_new_tokens = eval_max_new_tokens
         self._batch_sampler = None
         self.card_info = card_info  # a model_card.CardInfo: our card replaces the Trainer's draft
-        self.add_callback(_SetSamplerEpoch(self))
+        self.add_callback(_EpochEvents(self))
+        self.nonfinite = NonFiniteGuard(
+            on_nonfinite, distributed=self.args.world_size > 1, deepspeed=self.is_deepspeed_enabled
+        )
+        self._step_keys: list[str] | None = None  # set while a training step runs
+        self._staging_root: str | None = None  # set while a checkpoint is written
+
+    # -- resume from the newest complete checkpoint, vetted; stale temporaries removed -----------------------
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
+        """`Trainer.train`, except: ``resume_from_checkpoint=True`` is the newest COMPLETE checkpoint, the
+        checkpoint is vetted before anything loads it, and leftovers of a killed run are removed first. At the
+        end, the batches skipped for a non-finite loss are reported."""
+        if self.args.should_save:
+            remove_stale_temporaries(self.args.output_dir)
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = newest_complete_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"no complete checkpoint to resume from in {self.args.output_dir}")
+        if resume_from_checkpoint:
+            vet_checkpoint(resume_from_checkpoint)
+            logger.info("resuming from %s", resume_from_checkpoint)
+        self.accelerator.wait_for_everyone()
+        output = super().train(resume_from_checkpoint or None, *args, **kwargs)
+        summary = self.nonfinite.summary()
+        if summary:
+            logger.warning(summary)
+            output.metrics["train_nonfinite_skipped_batches"] = len(self.nonfinite.skipped)
+            self.log({"nonfinite_skipped_batches": len(self.nonfinite.skipped)})
+        return output
+
+    # -- atomic checkpoints ------------------------------------------------------------------------------
+    def atomic_output(self, target: str | os.PathLike, complete_marker: bool = False):
+        """`checkpointing.atomic_directory` for a folder all processes write and the saving one publishes."""
+        return atomic_directory(
+            target,
+            complete_marker=complete_marker,
+            main_process=self.args.should_save,
+            barrier=self.accelerator.wait_for_everyone,
+        )
+
+    def _get_output_dir(self, trial) -> str:
+        return self._staging_root if self._staging_root is not None else super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """The Trainer's checkpoint, written into ``.tmp-checkpoint-<step>/`` and published complete (fsync,
+        marker, rename); the Trainer's own rotation and hub push run on the published folder."""
+        run_dir = Path(super()._get_output_dir(trial))
+        target = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        push, self.args.push_to_hub = self.args.push_to_hub, False
+        try:
+            with self.atomic_output(target, complete_marker=True) as staged:
+                self._staging_root = str(staged.parent)
+                try:
+                    super()._save_checkpoint(model, trial)
+                finally:
+                    self._staging_root = None
+                if self.args.should_save and self.state.best_model_checkpoint == str(staged):
+                    self.state.best_model_checkpoint = str(target)  # the Trainer saw the staging path
+                    self.state.save_to_json(str(staged / "trainer_state.json"))
+                fault_point("save")
+        finally:
+            self.args.push_to_hub = push
+        if push:
+            self._push_from_checkpoint(str(target))
+        if self.args.should_save:
+            rotate_checkpoints(
+                output_dir=str(run_dir),
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
+
+    # -- training step: non-finite loss/gradients, out of memory, example keys ------------------------------
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        keys = inputs.pop(KEYS_FIELD, None) or []
+        step = self.state.global_step + 1
+        shape = BatchShape.of(inputs, keys)
+        self._step_keys = keys
+        try:
+            with out_of_memory_guard(
+                step, shape, device=str(self.args.device), batch_type=self.batch_type,
+                batch_size=self.args.per_device_train_batch_size, max_tokens=self.max_tokens,
+            ):
+                loss = super().training_step(model, inputs, num_items_in_batch)
+        except SkipBatch as skipped:
+            return skipped.loss
+        finally:
+            self._step_keys = None
+        self.nonfinite.check_gradients(model, step, keys, agree=self._any_process, gather=self._gather_keys)
+        fault_point("step")
+        return loss
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        result = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                      num_items_in_batch=num_items_in_batch)
+        if self._step_keys is not None:  # a training step, not evaluation
+            loss = result[0] if return_outputs else result
+            self.nonfinite.check_loss(loss, self.state.global_step + 1, self._step_keys)
+        return result
+
+    def _any_process(self, flag: bool) -> bool:
+        return bool(self.accelerator.reduce(torch.tensor([int(flag)], device=self.args.device), "sum").item())
+
+    def _gather_keys(self, keys: list[str]) -> list[str]:
+        from accelerate.utils import gather_object
+
+        return gather_object(keys)
 
     # -- training data: FunASR's batch types ---------------------------------------------------------
     def get_train_dataloader(self) -> DataLoader:
@@ -75,7 +221,7 @@ class FunAsrNanoTrainer(Trainer):
         loader = DataLoader(
             dataset,
             batch_sampler=sampler,
-            collate_fn=self.data_collator,
+            collate_fn=_WithKeys(self.data_collator),
             num_workers=args.dataloader_num_workers,
             pin_memory=args.dataloader_pin_memory,
             persistent_workers=args.dataloader_persistent_workers and args.dataloader_num_workers > 0,
@@ -108,6 +254,7 @@ class FunAsrNanoTrainer(Trainer):
     # -- evaluation: CER from batched generation -----------------------------------------------------
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        fault_point("eval")
         dataset = dataloader.dataset
         if len(dataset) and "text" in dataset.column_names:
             started = time.perf_counter()

@@ -25,6 +25,7 @@ from funasr_nano_hf.training.callbacks import (
     NBestCheckpointCallback,
     average_checkpoints,
 )
+from funasr_nano_hf.training.checkpointing import COMPLETE_MARKER
 
 STEPS = 40
 EVERY = 5  # eval_steps == save_steps
@@ -253,7 +254,7 @@ def test_average_is_fp32_mean_of_the_best(trained):
     assert "model.safetensors" in names
     assert not names & {"optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json", "scaler.pt"}
     assert {p.name for p in chosen[0].iterdir()} - names <= {"optimizer.pt", "scheduler.pt", "rng_state.pth",
-                                                             "trainer_state.json", "scaler.pt"}
+                                                             "trainer_state.json", "scaler.pt", COMPLETE_MARKER}
     model = TinyRegressor()
     model.load_state_dict(averaged)
     assert not list(output_dir.glob(".model_avg*"))  # no temp folder left behind

@@ -1,16 +1,14 @@
 """End to end: LoRA fine-tune of a tiny Fun-ASR-Nano (built by FunASR's classes) on the shared TTS data
 with examples/finetune.py in real processes: loss falls, CER from batched generation at every
-validation, kill -9 + --resume continues the same run, the adapter reloads and reproduces the CER,
-the n-best average is written."""
+validation, the adapter reloads and reproduces the CER, the n-best average is written. (kill -9 + --resume
+at five points of a run: tests/fault/test_kill_resume.py.)"""
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -95,26 +93,3 @@ def _generate(model, processor, dataset) -> list[str]:
     with torch.no_grad():
         ids = model.generate(**batch, max_new_tokens=8, do_sample=False)
     return processor.batch_decode_transcripts(ids[:, batch["input_ids"].shape[1] :])
-
-
-def test_kill_and_resume_continues_the_same_run(full_run, tiny_original_dir, data_dir, tmp_path):
-    out = tmp_path / "out"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(_args(tiny_original_dir, data_dir, out), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=env)
-    deadline = time.time() + 600
-    while time.time() < deadline and not (out / "checkpoint-12" / "trainer_state.json").is_file():
-        time.sleep(0.2)
-        assert proc.poll() is None, "training ended before it could be killed"
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (out / "checkpoint-36").exists()
-    _run(_args(tiny_original_dir, data_dir, out, "--resume", "true"))
-    resumed = _history(out)
-    full = _history(full_run)
-    assert resumed[-1]["step"] == full[-1]["step"]
-    # Same data order and state after resume: the logged losses and CERs are those of the uninterrupted run.
-    pick = lambda hs, key: [(h["step"], round(h[key], 4)) for h in hs if key in h]  # noqa: E731
-    assert pick(resumed, "loss") == pick(full, "loss")
-    assert pick(resumed, "eval_cer") == pick(full, "eval_cer")

@@ -1,0 +1,324 @@
+"""Checkpoint folders that are complete or invisible, found by "newest complete", vetted before loading.
+
+Writing. `atomic_directory(target)` hands out a staging folder ``.tmp-<name>/<name>`` next to `target`; once
+everything is written, `publish` fsyncs every file and folder in it, writes the completion marker
+(``checkpoint_complete.json``: the relative path and size of every file, checkpoints only) and fsyncs it,
+renames the folder to `target` (replacing an older one) and fsyncs the parent. A ``kill -9`` at any moment
+therefore leaves either no `target` or a complete one, plus possibly a ``.tmp-*`` leftover, which
+`remove_stale_temporaries` deletes, with a log line, when the next training starts. Deleting goes the other
+way round (`remove_directory`: renamed to a ``.tmp-`` name first), so a half-deleted checkpoint is never
+visible either. The Trainer's checkpoints (`FunAsrNanoTrainer._save_checkpoint`), the n-best average and
+the final model folders are all written this way.
+
+Reading. `newest_complete_checkpoint(output_dir)` is the ``checkpoint-<step>`` with the highest step whose
+marker is present and whose files all have their recorded sizes; torn ones (no marker: a folder from an
+older version or another writer, a copy cut short, a half-deleted one) are skipped with a log line.
+
+Vetting. `vet_checkpoint(folder)` opens every file that resuming will read, before the Trainer does: JSON
+files are parsed, safetensors headers read, and every pickle-based file (optimizer, scheduler, scaler, RNG
+states, DeepSpeed shards, ``*.bin`` weights) is loaded with ``torch.load(weights_only=True)``: tensors and
+plain containers only, plus numpy's RNG-state types and DeepSpeed's three plain state classes. A pickle
+that would run code, a truncated or corrupt file: `CheckpointError` naming the file. (The Trainer itself
+loads these files with ``weights_only=True``; DeepSpeed loads its shards with ``weights_only=False``, which
+is why they are vetted with the restricted loader first.) ``training_args.bin`` (a pickled
+``TrainingArguments`` that resuming never reads) is left alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import pickle
+import re
+import shutil
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from ..conversion.loading import CheckpointError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "COMPLETE_MARKER",
+    "TMP_PREFIX",
+    "atomic_directory",
+    "atomic_write_bytes",
+    "complete_checkpoints",
+    "checkpoint_problem",
+    "mark_complete",
+    "newest_complete_checkpoint",
+    "publish",
+    "remove_directory",
+    "remove_stale_temporaries",
+    "scan_checkpoints",
+    "staging_path",
+    "vet_checkpoint",
+]
+
+COMPLETE_MARKER = "checkpoint_complete.json"
+TMP_PREFIX = ".tmp-"
+_CHECKPOINT_RE = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+_PICKLED_SUFFIXES = (".pt", ".pth", ".bin")
+_NEVER_LOADED = {"training_args.bin"}
+_reported: set[tuple[Path, str]] = set()  # torn checkpoints already logged (the n-best callback scans often)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# writing
+# ----------------------------------------------------------------------------------------------------------
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    for folder, _, files in os.walk(root):
+        for name in files:
+            _fsync(Path(folder) / name)
+        _fsync(Path(folder))
+
+
+def _file_sizes(root: Path) -> dict[str, int]:
+    return {
+        path.relative_to(root).as_posix(): path.stat().st_size
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and path.name != COMPLETE_MARKER
+    }
+
+
+def staging_path(target: str | os.PathLike) -> Path:
+    """Where `target` is written before `publish`: ``<parent>/.tmp-<name>/<name>`` (the same on every rank)."""
+    target = Path(target)
+    return target.parent / f"{TMP_PREFIX}{target.name}" / target.name
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write a file that readers see whole or not at all (temporary sibling, fsync, rename, fsync the folder)."""
+    path = Path(path)
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}-{os.getpid()}")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    _fsync(path.parent)
+
+
+def mark_complete(folder: str | os.PathLike) -> Path:
+    """fsync every file of `folder`, then write and fsync its completion marker (every file's size). `publish`
+    does this for checkpoints; call it by hand only on a folder known to be complete (e.g. a checkpoint
+    written before atomic saving existed)."""
+    folder = Path(folder)
+    _fsync_tree(folder)
+    payload = {"files": _file_sizes(folder)}
+    marker = folder / COMPLETE_MARKER
+    with open(marker, "w", encoding="utf-8") as handle:
+        json.dump(payload, handle, indent=1, sort_keys=True)
+        handle.flush()
+        os.fsync(handle.fileno())
+    _fsync(folder)
+    return marker
+
+
+def publish(staged: str | os.PathLike, target: str | os.PathLike, *, complete_marker: bool = False) -> Path:
+    """Make the fully written `staged` folder visible as `target` (see the module docstring)."""
+    staged, target = Path(staged), Path(target)
+    if complete_marker:
+        mark_complete(staged)
+    else:
+        _fsync_tree(staged)
+    root = staged.parent
+    if target.exists():  # a directory cannot be renamed over a non-empty one: move the old one aside first
+        os.rename(target, root / f"replaced-{target.name}")
+    os.rename(staged, target)
+    _fsync(target.parent)
+    if root.name.startswith(TMP_PREFIX) and root.parent == target.parent:
+        shutil.rmtree(root, ignore_errors=True)
+    return target
+
+
+@contextlib.contextmanager
+def atomic_directory(
+    target: str | os.PathLike,
+    *,
+    complete_marker: bool = False,
+    main_process: bool = True,
+    barrier: Callable[[], None] = lambda: None,
+) -> Iterator[Path]:
+    """``with atomic_directory(out) as tmp:`` write into `tmp`; on success `out` appears complete.
+
+    With several processes writing one folder (DeepSpeed shards, per-rank RNG states) pass
+    ``main_process`` (the one that prepares and publishes) and ``barrier`` (wait for all). An exception
+    removes the staging folder; a kill leaves it for `remove_stale_temporaries`.
+    """
+    target = Path(target)
+    staged = staging_path(target)
+    if main_process:
+        if staged.parent.exists():
+            shutil.rmtree(staged.parent)
+        staged.mkdir(parents=True)
+    barrier()
+    try:
+        yield staged
+        barrier()
+        if main_process:
+            publish(staged, target, complete_marker=complete_marker)
+    except BaseException:
+        if main_process:
+            shutil.rmtree(staged.parent, ignore_errors=True)
+        raise
+    barrier()
+
+
+def remove_directory(path: str | os.PathLike) -> None:
+    """Delete a folder so that it is never seen half-deleted: rename it to a ``.tmp-`` name, then remove it."""
+    path = Path(path)
+    doomed = path.with_name(f"{TMP_PREFIX}deleted-{path.name}-{os.getpid()}")
+    os.rename(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def remove_stale_temporaries(output_dir: str | os.PathLike) -> list[Path]:
+    """Delete the ``.tmp-*`` leftovers of a killed run in `output_dir` (each one logged); returns them."""
+    root = Path(output_dir)
+    stale = sorted(root.glob(f"{TMP_PREFIX}*")) if root.is_dir() else []
+    for path in stale:
+        logger.warning("removing %s: left over by an interrupted save or delete (never a complete output)", path)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return stale
+
+
+# ----------------------------------------------------------------------------------------------------------
+# reading
+# ----------------------------------------------------------------------------------------------------------
+def checkpoint_problem(folder: str | os.PathLike) -> str | None:
+    """Why `folder` is not a complete checkpoint (None when it is)."""
+    folder = Path(folder)
+    marker = folder / COMPLETE_MARKER
+    if not marker.is_file():
+        return f"no {COMPLETE_MARKER} (torn save or delete, or written without atomic checkpoints)"
+    try:
+        recorded = json.loads(marker.read_text(encoding="utf-8"))["files"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+        return f"unreadable {COMPLETE_MARKER} ({err})"
+    for name, size in recorded.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size} bytes, {size} were written"
+    return None
+
+
+def scan_checkpoints(
+    output_dir: str | os.PathLike, max_step: int | None = None
+) -> tuple[dict[int, Path], dict[Path, str]]:
+    """The ``checkpoint-<step>`` folders of `output_dir` (step <= `max_step`): step -> folder for the complete
+    ones, folder -> problem for the torn ones (each logged once)."""
+    root = Path(output_dir)
+    complete: dict[int, Path] = {}
+    torn: dict[Path, str] = {}
+    if not root.is_dir():
+        return complete, torn
+    for child in root.iterdir():
+        match = _CHECKPOINT_RE.match(child.name)
+        if not match or not child.is_dir() or (max_step is not None and int(match.group(1)) > max_step):
+            continue
+        problem = checkpoint_problem(child)
+        if problem is None:
+            complete[int(match.group(1))] = child
+            continue
+        torn[child] = problem
+        if (child, problem) not in _reported:
+            _reported.add((child, problem))
+            logger.warning("ignoring checkpoint %s: %s", child, problem)
+    return complete, torn
+
+
+def complete_checkpoints(output_dir: str | os.PathLike, max_step: int | None = None) -> dict[int, Path]:
+    """step -> folder for the complete ``checkpoint-<step>`` folders of `output_dir` (step <= `max_step`)."""
+    return scan_checkpoints(output_dir, max_step)[0]
+
+
+def newest_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
+    """The complete checkpoint with the highest step in `output_dir`, or None (what ``--resume`` continues)."""
+    checkpoints = complete_checkpoints(output_dir)
+    return str(checkpoints[max(checkpoints)]) if checkpoints else None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# vetting
+# ----------------------------------------------------------------------------------------------------------
+def _restricted_globals(needs_deepspeed: bool) -> list:
+    """What a checkpoint's pickles may reference besides tensors: numpy's RNG-state types (as transformers
+    allows them) and, for DeepSpeed shards, its plain state classes."""
+    import numpy as np
+
+    core = np._core if hasattr(np, "_core") else np.core
+    allowed = [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+    if needs_deepspeed:
+        from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+        from deepspeed.runtime.zero.config import ZeroStageEnum
+        from deepspeed.utils.tensor_fragment import fragment_address
+
+        allowed += [ZeroStageEnum, fragment_address, LossScaler, DynamicLossScaler]
+    return allowed
+
+
+def _vet_pickle(path: Path, allowed: list) -> None:
+    try:
+        with torch.serialization.safe_globals(allowed):
+            torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{path}: refused: it holds more than tensors and plain data, loading it could run code "
+            f"(torch.load(weights_only=True) rejected it: {str(err).splitlines()[0]})"
+        ) from err
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: truncated or corrupt ({err})") from err
+
+
+def _vet_safetensors(path: Path) -> None:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            handle.keys()
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{path}: truncated or corrupt safetensors file ({err})") from err
+
+
+def _vet_json(path: Path) -> None:
+    try:
+        json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise CheckpointError(f"{path}: unreadable JSON ({err})") from err
+
+
+def vet_checkpoint(folder: str | os.PathLike) -> None:
+    """Open every file of `folder` that resuming reads, safely; `CheckpointError` names the first bad one."""
+    folder = Path(folder)
+    state = folder / "trainer_state.json"
+    if not state.is_file():
+        raise CheckpointError(f"{state}: missing (not a Trainer checkpoint)")
+    files = sorted(path for path in folder.rglob("*") if path.is_file())
+    allowed = _restricted_globals(needs_deepspeed=any(folder.glob("global_step*")))
+    for path in files:
+        if path.suffix == ".json":
+            _vet_json(path)
+        elif path.suffix == ".safetensors":
+            _vet_safetensors(path)
+        elif path.suffix in _PICKLED_SUFFIXES and path.name not in _NEVER_LOADED:
+            _vet_pickle(path, allowed)

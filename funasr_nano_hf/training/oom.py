@@ -1,0 +1,82 @@
+"""Out of memory in a training step: a message that names the batch and the knobs, not a bare traceback.
+
+`out_of_memory_guard` wraps the training step (forward + backward). ``torch.OutOfMemoryError`` (GPU),
+``MemoryError`` and the CPU allocator's ``RuntimeError: DefaultCPUAllocator: can't allocate memory`` become
+`TrainingOutOfMemoryError`, chained to the original error, saying which batch did not fit (examples, audio
+frames, tokens, keys) and what to turn: ``--per_device_train_batch_size`` (batch types example/length) or
+``--max_tokens`` (batch type token), ``--max_source_length``/``--max_target_length``,
+``--activation_checkpoint true`` (gradient checkpointing of the LLM), ``--llm_dtype bf16``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+_OOM_TEXTS = ("out of memory", "can't allocate memory", "not enough memory")
+
+
+class TrainingOutOfMemoryError(RuntimeError):
+    """A training batch did not fit in memory; the message names the batch and the options to change."""
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(error, RuntimeError) and any(text in str(error) for text in _OOM_TEXTS)
+
+
+@dataclass(frozen=True)
+class BatchShape:
+    """What a batch asks of memory: its examples, padded audio frames, padded tokens, and the examples' keys."""
+
+    examples: int
+    audio_frames: int
+    tokens: int
+    keys: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, inputs: dict, keys: Sequence[str] = ()) -> "BatchShape":
+        audio = inputs.get("input_features", inputs.get("audio_embeds"))
+        ids = inputs.get("input_ids")
+        examples = next((len(v) for v in (ids, audio) if isinstance(v, torch.Tensor)), len(keys))
+        return cls(
+            examples=int(examples),
+            audio_frames=int(audio.shape[1]) if isinstance(audio, torch.Tensor) and audio.dim() > 1 else 0,
+            tokens=int(ids.shape[1]) if isinstance(ids, torch.Tensor) and ids.dim() > 1 else 0,
+            keys=tuple(keys),
+        )
+
+
+def out_of_memory_message(
+    step: int, shape: BatchShape, *, device: str, batch_type: str, batch_size: int, max_tokens: int | None
+) -> str:
+    keys = list(shape.keys[:8]) + (["..."] if len(shape.keys) > 8 else [])
+    if batch_type == "token":
+        smaller = f"lower --max_tokens (now {max_tokens}: padded frames + tokens per batch)"
+    else:
+        smaller = (
+            f"lower --per_device_train_batch_size (now {batch_size}), or use --batch_type token with a "
+            "--max_tokens budget so long utterances get smaller batches"
+        )
+    return (
+        f"out of memory ({device}) in training step {step} on a batch of {shape.examples} examples padded to "
+        f"{shape.audio_frames} audio frames and {shape.tokens} tokens (examples {keys}). This batch does not "
+        f"fit: {smaller}; shorten the longest inputs with --max_source_length / --max_target_length; trade "
+        "compute for memory with --activation_checkpoint true (gradient checkpointing of the LLM); or keep the "
+        "LLM in --llm_dtype bf16"
+    )
+
+
+@contextlib.contextmanager
+def out_of_memory_guard(step: int, shape: BatchShape, **settings) -> Iterator[None]:
+    """Re-raise an out-of-memory error inside the block as `TrainingOutOfMemoryError` (chained)."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as error:
+        if isinstance(error, TrainingOutOfMemoryError) or not is_out_of_memory(error):
+            raise
+        raise TrainingOutOfMemoryError(out_of_memory_message(step, shape, **settings)) from error
