@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --work")
     args = parser.parse_args(argv)
 
     from funasr_nano_hf.conversion.export import export_funasr
@@ -103,6 +104,7 @@ def main(argv: list[str] | None = None) -> None:
         "--log_interval", "25", "--validate_interval", str(args.max_steps // 5),
         "--save_checkpoint_interval", str(args.max_steps // 5), "--keep_nbest_models", "2", "--avg_nbest_model", "1",
         "--early_stopping_patience", "0", "--use_cpu", "--dataloader_num_workers", "0", "--seed", str(args.seed),
+        "--resume", str(args.resume).lower(),
     ])
     model_out = out / "model"
     if model_out.exists():
