@@ -282,9 +282,16 @@ def _vet_pickle(path: Path, allowed: list) -> None:
         with torch.serialization.safe_globals(allowed):
             torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as err:
+        found = re.search(r"unsupported GLOBAL (\S+)", str(err))
+        if found:
+            raise CheckpointError(
+                f"{path}: refused: it references {found.group(1)}, loading it could run code "
+                "(only tensors and plain data are accepted: torch.load(weights_only=True))"
+            ) from err
+        detail = next((line for line in str(err).splitlines() if "Unsupported" in line), str(err).splitlines()[0])
         raise CheckpointError(
-            f"{path}: refused: it holds more than tensors and plain data, loading it could run code "
-            f"(torch.load(weights_only=True) rejected it: {str(err).splitlines()[0]})"
+            f"{path}: refused: not a plain tensor file, corrupt or a pickle torch.load(weights_only=True) does not "
+            f"accept ({detail.strip()})"
         ) from err
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
         raise CheckpointError(f"{path}: truncated or corrupt ({err})") from err

@@ -7,6 +7,7 @@ variable ``FUNASR_NANO_HF_FAULT`` is set; nothing in normal use sets it.
 
 Points (where the training package calls `fault_point`):
 
+* ``step_begin`` -- a training step's start, before the forward pass (where a memory cap goes)
 * ``step``      -- inside a training step, after backward, before the optimizer update
 * ``eval``      -- inside an evaluation, after the loss pass, before CER decoding
 * ``save``      -- inside a checkpoint save, all files written to the staging folder, before it is published
@@ -26,7 +27,7 @@ import signal
 from collections import Counter
 
 ENV = "FUNASR_NANO_HF_FAULT"
-POINTS = ("step", "eval", "save", "average", "epoch_end")
+POINTS = ("step_begin", "step", "eval", "save", "average", "epoch_end")
 _SPEC = re.compile(r"^(?P<point>\w+):(?P<n>\d+)(?::memory_cap=(?P<cap>\d+))?$")
 _reached: Counter = Counter()
 

@@ -172,6 +172,7 @@ class FunAsrNanoTrainer(Trainer):
         step = self.state.global_step + 1
         shape = BatchShape.of(inputs, keys)
         self._step_keys = keys
+        fault_point("step_begin")
         try:
             with out_of_memory_guard(
                 step, shape, device=str(self.args.device), batch_type=self.batch_type,

@@ -1,0 +1,100 @@
+"""A real bad example -- a float WAV whose amplitude (1e20) turns the fbank features into NaN -- in a real
+fine-tuning run: the non-finite loss is caught at its step and named with the batch's example keys;
+``--on_nonfinite skip`` trains on without an update from that batch (counted, in train.log), the default
+``stop`` ends the run with that message. Also the gradient check, on a module with an inf gradient."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from finetune_runs import LAST_STEP, finetune_cmd, run, weights
+
+from funasr_nano_hf.training.nonfinite import NonFiniteGuard, NonFiniteLossError
+
+pytestmark = pytest.mark.slow
+
+LOUD = "loud_0002"
+SKIPPED = re.compile(rf"non-finite loss \(nan\) at step (\d+) on the examples \[[^]]*'{LOUD}'[^]]*\]: batch skipped")
+
+
+@pytest.fixture(scope="module")
+def loud_data(fault_data, tmp_path_factory):
+    """The 8 training examples with the third one's audio replaced by the same clip at amplitude 1e20."""
+    folder = tmp_path_factory.mktemp("loud_data")
+    rows = [json.loads(line) for line in (fault_data / "train.jsonl").read_text().splitlines()]
+    audio, rate = sf.read(str(fault_data / rows[2]["wav"]), dtype="float32")
+    sf.write(str(folder / "loud.wav"), audio / np.abs(audio).max() * 1e20, rate, subtype="FLOAT")
+    rows[2].update(key=LOUD, wav=str(folder / "loud.wav"))
+    for row in rows:
+        row["wav"] = str((fault_data / row["wav"]).resolve())  # absolute: the manifest moved
+    (folder / "train.jsonl").write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    return folder
+
+
+def test_skip_counts_names_and_does_not_update(tiny_original_dir, loud_data, tmp_path):
+    out = tmp_path / "skip"
+    run(finetune_cmd(tiny_original_dir, loud_data, out, "--on_nonfinite", "skip"))
+    log = (out / "train.log").read_text()
+    steps = [int(step) for step in SKIPPED.findall(log)]
+    assert len(steps) == 2 and steps[0] <= 2 < steps[1], log  # the loud example's batch, once per epoch
+    assert re.search(r"\| step 4 \| .*\| nonfinite_skipped_batches 2$", log, re.M), log
+    assert json.loads((out / "all_results.json").read_text())["train_nonfinite_skipped_batches"] == 2
+    # no optimizer update from a skipped batch: its checkpoint holds the previous step's weights
+    before, after = weights(out / f"checkpoint-{steps[1] - 1}"), weights(out / f"checkpoint-{steps[1]}")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    other = 3 if steps[1] == 4 else 4  # ... while the other steps of the epoch do update
+    assert not all(torch.equal(a, b) for a, b in zip(weights(out / f"checkpoint-{other - 1}").values(),
+                                                     weights(out / f"checkpoint-{other}").values()))
+    final = weights(out / "final")
+    assert all(torch.isfinite(t).all() for t in final.values())
+
+
+def test_stop_is_the_default_and_names_the_step_and_keys(tiny_original_dir, loud_data, tmp_path):
+    out = tmp_path / "stop"
+    output = run(finetune_cmd(tiny_original_dir, loud_data, out), returncode=1)
+    match = re.search(rf"NonFiniteLossError: non-finite loss \(nan\) at step (\d+) on the examples "
+                      rf"\[[^]]*'{LOUD}'[^]]*\]; training stopped \(--on_nonfinite stop\)", output)
+    assert match, output[-3000:]
+    step = int(match.group(1))
+    assert step < LAST_STEP and not (out / f"checkpoint-{step}").exists()
+    assert "training stopped (--on_nonfinite stop)" in (out / "train.log").read_text()
+
+
+class _Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.good, self.bad = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+
+
+def _poisoned() -> _Net:
+    net = _Net()
+    for param in net.parameters():
+        param.grad = torch.ones_like(param)
+    net.bad.weight.grad[0, 0] = float("inf")
+    return net
+
+
+def test_nonfinite_gradient_stops_or_drops_the_step():
+    with pytest.raises(NonFiniteLossError, match=r"non-finite gradient in bad\.weight at step 7 on the examples "
+                                                 r"\['a', 'b'\]; training stopped"):
+        NonFiniteGuard("stop").check_gradients(_poisoned(), 7, ["a", "b"])
+    guard, net = NonFiniteGuard("skip"), _poisoned()
+    guard.check_gradients(net, 7, ["a", "b"])
+    assert all(param.grad is None for param in net.parameters())  # no optimizer update from this step
+    assert [(b.step, b.keys) for b in guard.skipped] == [(7, ("a", "b"))]
+    assert "skipped 1 batch(es)" in guard.summary() and "['a', 'b']" in guard.summary()
+    healthy = _Net()
+    for param in healthy.parameters():
+        param.grad = torch.ones_like(param)
+    NonFiniteGuard("stop").check_gradients(healthy, 8, ["c"])  # finite: nothing happens
+    assert all(param.grad is not None for param in healthy.parameters())
+
+
+def test_skip_with_deepspeed_is_refused():
+    with pytest.raises(ValueError, match="not supported with DeepSpeed"):
+        NonFiniteGuard("skip", deepspeed=True)
