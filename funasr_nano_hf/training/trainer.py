@@ -150,9 +150,10 @@ class FunAsrNanoTrainer(Trainer):
                     super()._save_checkpoint(model, trial)
                 finally:
                     self._staging_root = None
-                if self.args.should_save and self.state.best_model_checkpoint == str(staged):
-                    self.state.best_model_checkpoint = str(target)  # the Trainer saw the staging path
-                    self.state.save_to_json(str(staged / "trainer_state.json"))
+                if self.state.best_model_checkpoint == str(staged):  # the Trainer saw the staging path
+                    self.state.best_model_checkpoint = str(target)  # on every rank: all load the best at the end
+                    if self.args.should_save:
+                        self.state.save_to_json(str(staged / "trainer_state.json"))
                 fault_point("save")
         finally:
             self.args.push_to_hub = push

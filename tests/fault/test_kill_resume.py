@@ -32,18 +32,21 @@ def _kill_then_resume(tiny_original_dir, fault_data, out, fault: str, resumes_fr
     return log
 
 
-def test_kill_mid_step(tiny_original_dir, fault_data, reference, tmp_path):
-    """After backward of step 4, before its optimizer update: resume mid-epoch 1 from checkpoint-3 (the
-    sampler skips the epoch's first batch, the RNG state is restored)."""
+@pytest.mark.parametrize(
+    "fault, resumes_from",
+    [
+        # after backward of step 4, before its optimizer update: resume mid-epoch 1 from checkpoint-3 (the
+        # sampler skips the epoch's first batch, the RNG state is restored)
+        pytest.param("step:4", 3, id="mid_step"),
+        # between the eval-loss pass and the CER decoding of step 2's evaluation: resume mid-epoch 0
+        pytest.param("eval:2", 1, id="mid_evaluation"),
+        # at the end of epoch 0 (checkpoint-2 saved): resume at the epoch boundary
+        pytest.param("epoch_end:1", 2, id="between_epochs"),
+    ],
+)
+def test_kill(tiny_original_dir, fault_data, reference, tmp_path, fault, resumes_from):
     out = tmp_path / "out"
-    _kill_then_resume(tiny_original_dir, fault_data, out, "step:4", resumes_from=3)
-    assert_same_run(out, reference)
-
-
-def test_kill_mid_evaluation(tiny_original_dir, fault_data, reference, tmp_path):
-    """Between the eval-loss pass and the CER decoding of step 2's evaluation: resume mid-epoch 0."""
-    out = tmp_path / "out"
-    _kill_then_resume(tiny_original_dir, fault_data, out, "eval:2", resumes_from=1)
+    _kill_then_resume(tiny_original_dir, fault_data, out, fault, resumes_from=resumes_from)
     assert_same_run(out, reference)
 
 
@@ -63,13 +66,6 @@ def test_kill_during_checkpoint_save(tiny_original_dir, fault_data, reference, t
     assert f"ignoring checkpoint {out / 'checkpoint-9'}: no {COMPLETE_MARKER}" in log
     assert f"removing {out / '.tmp-checkpoint-3'}" in log
     shutil.rmtree(out / "checkpoint-9")  # not part of the comparison
-    assert_same_run(out, reference)
-
-
-def test_kill_between_epochs(tiny_original_dir, fault_data, reference, tmp_path):
-    """At the end of epoch 0 (checkpoint-2 saved): resume at the epoch boundary."""
-    out = tmp_path / "out"
-    _kill_then_resume(tiny_original_dir, fault_data, out, "epoch_end:1", resumes_from=2)
     assert_same_run(out, reference)
 
 
