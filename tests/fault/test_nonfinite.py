@@ -95,6 +95,41 @@ def test_nonfinite_gradient_stops_or_drops_the_step():
     assert all(param.grad is not None for param in healthy.parameters())
 
 
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_trainer_checks_gradients_after_backward(tiny_original_dir, fault_data, tmp_path, policy):
+    """Finite loss, inf gradient (a tensor hook on one LoRA weight): the trainer's step finds it after
+    backward; stop names the parameter, step and keys; skip leaves the weights untouched."""
+    from transformers import TrainingArguments
+
+    from funasr_nano_hf import load_pretrained
+    from funasr_nano_hf.data.collator import FunAsrNanoCollator
+    from funasr_nano_hf.data.featurize import DataConfig, build_dataset
+    from funasr_nano_hf.training.arguments import ModelArguments
+    from funasr_nano_hf.training.model_setup import prepare_model_for_finetuning
+    from funasr_nano_hf.training.trainer import FunAsrNanoTrainer
+
+    model, processor = load_pretrained(tiny_original_dir)
+    model = prepare_model_for_finetuning(model, ModelArguments(model_dir=str(tiny_original_dir)))
+    name, poisoned = next((n, p) for n, p in model.named_parameters() if p.requires_grad)
+    poisoned.register_hook(lambda grad: torch.full_like(grad, float("inf")))
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    train_set, _ = build_dataset([str(fault_data / "train.jsonl")], processor, DataConfig())
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=4, use_cpu=True,
+                             report_to=[], remove_unused_columns=False, save_strategy="no", eval_strategy="no",
+                             disable_tqdm=True)
+    trainer = FunAsrNanoTrainer(model=model, args=args, train_dataset=train_set, processor=processor,
+                                data_collator=FunAsrNanoCollator(pad_token_id=processor.tokenizer.pad_token_id),
+                                on_nonfinite=policy)
+    if policy == "stop":
+        with pytest.raises(NonFiniteLossError, match=rf"non-finite gradient in {re.escape(name)} at step 1 on the "
+                                                     r"examples \['tts_train_"):
+            trainer.train()
+        return
+    trainer.train()
+    assert [batch.step for batch in trainer.nonfinite.skipped] == [1]
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters() if p.requires_grad)
+
+
 def test_skip_with_deepspeed_is_refused():
     with pytest.raises(ValueError, match="not supported with DeepSpeed"):
         NonFiniteGuard("skip", deepspeed=True)
