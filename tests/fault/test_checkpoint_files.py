@@ -107,6 +107,25 @@ def test_only_complete_checkpoints_count(checkpoint):
     assert newest_complete_checkpoint(out) is None and not list(out.glob(".tmp-*"))
 
 
+def test_resume_with_only_torn_checkpoints_stops_instead_of_starting_over(checkpoint):
+    """finetune.py --resume: torn checkpoints only (e.g. written before atomic checkpoints) -> an error that
+    lists them and says how to proceed, not a fresh run over them; nothing at all -> a fresh start."""
+    import importlib.util
+    from types import SimpleNamespace
+
+    spec = importlib.util.spec_from_file_location("finetune_example", REPO / "examples" / "finetune.py")
+    finetune = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(finetune)
+    (checkpoint / COMPLETE_MARKER).unlink()
+    with pytest.raises(RuntimeError, match=rf"no complete checkpoint in .*checkpoint-2: no {COMPLETE_MARKER}.*"
+                                           r"mark_complete"):
+        finetune._resume_point(SimpleNamespace(resume=True), checkpoint.parent)
+    mark_complete(checkpoint)
+    assert finetune._resume_point(SimpleNamespace(resume=True), checkpoint.parent) == str(checkpoint)
+    remove_directory(checkpoint)
+    assert finetune._resume_point(SimpleNamespace(resume=True), checkpoint.parent) is None
+
+
 def test_atomic_directory_publishes_whole_or_nothing(tmp_path):
     target = tmp_path / "model"
     with atomic_directory(target, complete_marker=True) as staged:
