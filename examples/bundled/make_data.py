@@ -179,8 +179,9 @@ def synthesize(job: tuple[str, str, str, int, int, str]) -> float:
 
 
 def make_split(out_dir: Path, name: str, count: int, domain: str, voices: VoiceSet, rng: random.Random,
-               exclude: set[str], workers: int, unique: bool = True) -> set[str]:
-    """`count` clips; with `unique`, no sentence repeats or occurs in `exclude` (the earlier splits)."""
+               exclude: set[str], workers: int, unique: bool = True, write: bool = True) -> set[str]:
+    """`count` clips; with `unique`, no sentence repeats or occurs in `exclude` (the earlier splits).
+    `write=False` only draws the sentences (to reproduce a later split without re-synthesising this one)."""
     make_zh, make_en = (assistant_zh, assistant_en) if domain == "A" else (travel_zh, travel_en)
     wav_dir = out_dir / "wav" / name
     wav_dir.mkdir(parents=True, exist_ok=True)
@@ -202,6 +203,8 @@ def make_split(out_dir: Path, name: str, count: int, domain: str, voices: VoiceS
         wav = wav_dir / f"{key}.wav"
         jobs.append((text, lang, voice, rng.randint(*voices.speed), rng.randint(*voices.pitch), str(wav)))
         rows.append({"key": key, "wav": f"wav/{name}/{key}.wav", "txt": text})
+    if not write:
+        return seen
     with ProcessPoolExecutor(workers) as pool:
         durations = list(pool.map(synthesize, jobs, chunksize=32))
     with open(out_dir / f"{name}.jsonl", "w", encoding="utf-8") as handle:
@@ -217,18 +220,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="outputs/bundled_data")
     parser.add_argument("--pretrain", type=int, default=6000)
     parser.add_argument("--pretrain_valid", type=int, default=200)
-    parser.add_argument("--finetune", type=int, default=160)
-    parser.add_argument("--heldout", type=int, default=40)
+    parser.add_argument("--finetune", type=int, default=480)
+    parser.add_argument("--heldout", type=int, default=60)
+    parser.add_argument("--splits", default="pretrain,finetune", help="which of pretrain,finetune to synthesise")
     parser.add_argument("--seed", type=int, default=20261129)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
     rng = random.Random(args.seed)
     out = Path(args.out)
     # Pretraining repeats sentences (in other voices); the held-out splits never share one with any other split.
-    seen = make_split(out / "pretrain", "train", args.pretrain, "A", VOICES_A, rng, set(), args.workers, unique=False)
-    seen = make_split(out / "pretrain", "valid", args.pretrain_valid, "A", VOICES_A, rng, seen, args.workers)
-    seen = make_split(out / "finetune", "train", args.finetune, "B", VOICES_B, rng, seen, args.workers)
-    make_split(out / "finetune", "heldout", args.heldout, "B", VOICES_B, rng, seen, args.workers)
+    pretrain, finetune = (part in args.splits.split(",") for part in ("pretrain", "finetune"))
+    seen = make_split(out / "pretrain", "train", args.pretrain, "A", VOICES_A, rng, set(), args.workers,
+                      unique=False, write=pretrain)
+    seen = make_split(out / "pretrain", "valid", args.pretrain_valid, "A", VOICES_A, rng, seen, args.workers,
+                      write=pretrain)
+    seen = make_split(out / "finetune", "train", args.finetune, "B", VOICES_B, rng, seen, args.workers, write=finetune)
+    make_split(out / "finetune", "heldout", args.heldout, "B", VOICES_B, rng, seen, args.workers, write=finetune)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 """Pretrain the bundled small Fun-ASR-Nano from scratch and ship it in the ORIGINAL FunASR layout.
 
     python examples/bundled/make_data.py --out outputs/bundled_data       # espeak-ng speech, ~6 min
-    python examples/bundled/pretrain.py --data outputs/bundled_data        # ~40 min on 2 CPU cores
+    python examples/bundled/pretrain.py --data outputs/bundled_data        # ~30 min on 2 free CPU cores
 
 1. A Qwen3 tokenizer restricted to the pretraining transcripts and FunASR's prompts
    (`build_qwen_tokenizer_for_texts`: the real Qwen3 BPE, a few thousand tokens).
@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --work")
+    parser.add_argument("--export_only", action="store_true", help="skip training: export --work's result and ship")
     args = parser.parse_args(argv)
 
     from funasr_nano_hf.conversion.export import export_funasr
@@ -91,9 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     write_original_checkpoint(init, seed=args.seed, tokenizer=tokenizer, yaml_conf=yaml_conf,
                               qwen_config=qwen_config, store_dtype=torch.float32)
 
-    import finetune
-
-    finetune.main([
+    train_args = [
         "--model_dir", str(init), "--train_data", str(pretrain_train), "--valid_data", str(pretrain_valid),
         "--output_dir", str(work / "train"), "--use_lora", "false", "--freeze_audio_encoder", "false",
         "--freeze_audio_adaptor", "false", "--freeze_llm", "false", "--llm_dtype", "fp32",
@@ -105,7 +104,11 @@ def main(argv: list[str] | None = None) -> None:
         "--save_checkpoint_interval", str(args.max_steps // 5), "--keep_nbest_models", "2", "--avg_nbest_model", "1",
         "--early_stopping_patience", "0", "--use_cpu", "--dataloader_num_workers", "0", "--seed", str(args.seed),
         "--resume", str(args.resume).lower(),
-    ])
+    ]
+    if not args.export_only:
+        import finetune
+
+        finetune.main(train_args)
     model_out = out / "model"
     if model_out.exists():
         shutil.rmtree(model_out)
@@ -114,12 +117,29 @@ def main(argv: list[str] | None = None) -> None:
     write_original_checkpoint(bf16_base, seed=args.seed, tokenizer=tokenizer, yaml_conf=yaml_conf,
                               qwen_config=qwen_config, store_dtype=torch.bfloat16)
     export_funasr(work / "train" / "final", bf16_base, model_out)
-    data_out = out / "data"
-    if data_out.exists():
-        shutil.rmtree(data_out)
-    shutil.copytree(data / "finetune", data_out)
+    if (out / "data").exists():
+        shutil.rmtree(out / "data")
+    ship_data(data / "finetune" / "train.jsonl", out / "data", "train")
+    ship_data(data / "finetune" / "heldout.jsonl", out / "data", "heldout")
+    # a sample of the pretraining domain: shows what the model knows before any fine-tune
+    ship_data(pretrain_valid, out / "data", "pretrain_domain", limit=60)
     size = sum(p.stat().st_size for p in model_out.rglob("*") if p.is_file())
-    print(f"[pretrain] wrote {model_out} ({size / 2**20:.1f} MiB) and {data_out}")
+    print(f"[pretrain] wrote {model_out} ({size / 2**20:.1f} MiB) and {out / 'data'}")
+
+
+def ship_data(manifest: Path, target: Path, name: str, limit: int | None = None) -> None:
+    """`manifest`'s clips as Ogg Opus in `target/name.jsonl` + `target/wav/name/` (the fine-tuning splits: 5 MB
+    instead of 52 MB of 16-bit WAV; soundfile reads it)."""
+    import soundfile as sf
+
+    rows = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines()][:limit]
+    for row in rows:
+        audio, rate = sf.read(manifest.parent / row["wav"], dtype="float32")
+        row["wav"] = f"wav/{name}/{Path(row['wav']).stem}.opus"
+        (target / row["wav"]).parent.mkdir(parents=True, exist_ok=True)
+        sf.write(target / row["wav"], audio, rate, format="OGG", subtype="OPUS")
+    (target / f"{name}.jsonl").write_text(
+        "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
 
 
 if __name__ == "__main__":

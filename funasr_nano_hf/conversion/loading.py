@@ -76,8 +76,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return conf
 
 
-def read_model_pt(path: Path) -> dict[str, torch.Tensor]:
+def read_model_pt(path: str | Path) -> dict[str, torch.Tensor]:
     """model.pt -> flat state dict, with `weights_only=True` (a pickle that would run code is refused)."""
+    path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: missing")
     try:
