@@ -41,21 +41,25 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--valid_data", default=str(BUNDLED / "data" / "heldout.jsonl"))
     parser.add_argument("--output_dir", default="outputs/demo")
     parser.add_argument("--max_epoch", type=int, default=15)
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--lr", type=float, default=None,
+                        help="default 3e-3 for the bundled small model, 1e-4 (FunASR's guide) for any other model")
     parser.add_argument("--examples", type=int, default=4, help="held-out transcripts to print before/after")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
+    import torch
     from peft import PeftModel
 
     from funasr_nano_hf import load_pretrained
     from funasr_nano_hf.evaluation import NORMALIZER_NAME
 
     out, valid = Path(args.output_dir), Path(args.valid_data)
+    if args.lr is None:
+        args.lr = 3e-3 if Path(args.model_dir).resolve() == (BUNDLED / "model").resolve() else 1e-4
     started = time.perf_counter()
     model, processor = load_pretrained(args.model_dir)
     own_domain = BUNDLED / "data" / "pretrain_domain.jsonl"
-    if args.model_dir == str(BUNDLED / "model") and own_domain.is_file():
+    if Path(args.model_dir).resolve() == (BUNDLED / "model").resolve() and own_domain.is_file():
         print(f"[demo] bundled model on its pretraining domain (unseen sentences): CER "
               f"{cer_on(model, processor, own_domain)[0]:.4f}")
     before, pairs_before = cer_on(model, processor, valid)
@@ -69,7 +73,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "--max_epoch", str(args.max_epoch), "--per_device_train_batch_size", "16", "--lr", str(args.lr),
         "--warmup_steps", "20", "--lora_r", "16", "--lora_alpha", "32", "--lora_dropout", "0.05",
         "--lora_target_modules", "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
-        "--log_interval", "10", "--save_checkpoint_interval", "100", "--use_cpu", "--dataloader_num_workers", "0",
+        "--log_interval", "10", "--save_checkpoint_interval", "100", "--dataloader_num_workers", "0",
+        *([] if torch.cuda.is_available() else ["--use_cpu"]),
     ])
     base, processor = load_pretrained(args.model_dir)
     tuned = PeftModel.from_pretrained(base, str(out / "lora" / "final")).eval()
