@@ -12,7 +12,6 @@ folder and your own manifests, the same command is the real recipe.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -24,13 +23,16 @@ sys.path.insert(0, str(HERE))
 
 
 def cer_on(model, processor, manifest: Path, batch_size: int = 16) -> tuple[float, list[tuple[str, str]]]:
+    """CER of `model` on a manifest in any supported format, and the (reference, prediction) pairs."""
     from funasr_nano_hf import transcribe
+    from funasr_nano_hf.data.readers import read_manifest
     from funasr_nano_hf.evaluation import compute_cer
 
-    rows = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip()]
-    paths = [str(manifest.parent / row["wav"]) for row in rows]
-    predictions = transcribe(model, processor, paths, batch_size=batch_size)
-    references = [row["txt"] for row in rows]
+    result = read_manifest(manifest)
+    for problem in result.problems:
+        print(problem, file=sys.stderr)
+    references = [record.text for record in result.records]
+    predictions = transcribe(model, processor, [record.audio for record in result.records], batch_size=batch_size)
     return compute_cer(predictions, references)["cer"], list(zip(references, predictions))
 
 
@@ -54,12 +56,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     from funasr_nano_hf.evaluation import NORMALIZER_NAME
 
     out, valid = Path(args.output_dir), Path(args.valid_data)
+    bundled = Path(args.model_dir).resolve() == (BUNDLED / "model").resolve()
     if args.lr is None:
-        args.lr = 3e-3 if Path(args.model_dir).resolve() == (BUNDLED / "model").resolve() else 1e-4
+        args.lr = 3e-3 if bundled else 1e-4
     started = time.perf_counter()
     model, processor = load_pretrained(args.model_dir)
     own_domain = BUNDLED / "data" / "pretrain_domain.jsonl"
-    if Path(args.model_dir).resolve() == (BUNDLED / "model").resolve() and own_domain.is_file():
+    if bundled and own_domain.is_file():
         print(f"[demo] bundled model on its pretraining domain (unseen sentences): CER "
               f"{cer_on(model, processor, own_domain)[0]:.4f}")
     before, pairs_before = cer_on(model, processor, valid)

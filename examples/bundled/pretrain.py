@@ -88,27 +88,25 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = build_qwen_tokenizer_for_texts(tokenizer_texts([pretrain_train, pretrain_valid]))
     print(f"[pretrain] tokenizer: {len(tokenizer)} tokens")
     yaml_conf, qwen_config = small_configs(tokenizer)
-    init = work / "init"
-    write_original_checkpoint(init, seed=args.seed, tokenizer=tokenizer, yaml_conf=yaml_conf,
-                              qwen_config=qwen_config, store_dtype=torch.float32)
-
-    train_args = [
-        "--model_dir", str(init), "--train_data", str(pretrain_train), "--valid_data", str(pretrain_valid),
-        "--output_dir", str(work / "train"), "--use_lora", "false", "--freeze_audio_encoder", "false",
-        "--freeze_audio_adaptor", "false", "--freeze_llm", "false", "--llm_dtype", "fp32",
-        "--max_steps", str(args.max_steps), "--max_epoch", "1000", "--lr", str(args.lr),
-        "--lr_scheduler_type", "cosine", "--warmup_steps", str(args.max_steps // 20), "--weight_decay", "0.01",
-        "--per_device_train_batch_size", str(args.batch_size), "--per_device_eval_batch_size", "50",
-        "--max_eval_samples", "100", "--eval_max_new_tokens", "24",
-        "--log_interval", "25", "--validate_interval", str(args.max_steps // 5),
-        "--save_checkpoint_interval", str(args.max_steps // 5), "--keep_nbest_models", "2", "--avg_nbest_model", "1",
-        "--early_stopping_patience", "0", "--use_cpu", "--dataloader_num_workers", "0", "--seed", str(args.seed),
-        "--resume", str(args.resume).lower(),
-    ]
     if not args.export_only:
         import finetune
 
-        finetune.main(train_args)
+        init = work / "init"
+        write_original_checkpoint(init, seed=args.seed, tokenizer=tokenizer, yaml_conf=yaml_conf,
+                                  qwen_config=qwen_config, store_dtype=torch.float32)
+        finetune.main([
+            "--model_dir", str(init), "--train_data", str(pretrain_train), "--valid_data", str(pretrain_valid),
+            "--output_dir", str(work / "train"), "--use_lora", "false", "--freeze_audio_encoder", "false",
+            "--freeze_audio_adaptor", "false", "--freeze_llm", "false", "--llm_dtype", "fp32",
+            "--max_steps", str(args.max_steps), "--max_epoch", "1000", "--lr", str(args.lr),
+            "--lr_scheduler_type", "cosine", "--warmup_steps", str(args.max_steps // 20), "--weight_decay", "0.01",
+            "--per_device_train_batch_size", str(args.batch_size), "--per_device_eval_batch_size", "50",
+            "--max_eval_samples", "100", "--eval_max_new_tokens", "24",
+            "--log_interval", "25", "--validate_interval", str(args.max_steps // 5),
+            "--save_checkpoint_interval", str(args.max_steps // 5), "--keep_nbest_models", "2",
+            "--avg_nbest_model", "1", "--early_stopping_patience", "0", "--use_cpu", "--dataloader_num_workers", "0",
+            "--seed", str(args.seed), "--resume", str(args.resume).lower(),
+        ])
     model_out = out / "model"
     if model_out.exists():
         shutil.rmtree(model_out)

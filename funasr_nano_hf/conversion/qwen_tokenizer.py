@@ -166,11 +166,12 @@ def build_qwen_tokenizer_for_texts(texts: Iterable[str], full: Qwen2Tokenizer | 
     full = full or _build_from_ranks(full_ranks)
     byte_decoder = {char: byte for byte, char in bytes_to_unicode().items()}
     needed = {bytes([b]) for b in range(256)}
-    pending = []
-    for text in texts:
-        for token in full.convert_ids_to_tokens(full(text, add_special_tokens=False)["input_ids"]):
-            pending.append(bytes(byte_decoder[c] for c in token) if token not in full.added_tokens_encoder else None)
-    pending = [token for token in pending if token is not None]
+    pending = [
+        bytes(byte_decoder[char] for char in token)
+        for text in texts
+        for token in full.convert_ids_to_tokens(full(text, add_special_tokens=False)["input_ids"])
+        if token not in full.added_tokens_encoder
+    ]
     while pending:
         token = pending.pop()
         if token in needed:
