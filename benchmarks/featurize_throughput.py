@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from funasr_nano_hf.conversion.qwen_tokenizer import build_qwen3_tokenizer
+from funasr_nano_hf.testing.qwen_tokenizer import build_qwen3_tokenizer
 from funasr_nano_hf.data.featurize import DataConfig, build_dataset
 from funasr_nano_hf.models import FunAsrNanoHfFeatureExtractor, FunAsrNanoHfProcessor
 

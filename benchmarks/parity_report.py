@@ -19,8 +19,8 @@ import soundfile as sf
 import torch
 
 from funasr_nano_hf import load_pretrained
-from funasr_nano_hf.conversion.funasr_checkpoint import write_original_checkpoint
-from funasr_nano_hf.conversion.funasr_reference import FunASRReference
+from funasr_nano_hf.testing.funasr_checkpoint import write_original_checkpoint
+from funasr_nano_hf.testing.funasr_reference import FunASRReference
 from funasr_nano_hf.inference import generate_ids
 from funasr_nano_hf.models import FunAsrNanoHfForConditionalGeneration, prompting
 

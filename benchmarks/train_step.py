@@ -46,7 +46,7 @@ def run_funasr(checkpoint: str, clips: list[dict], steps: int) -> dict:
     import torch
     from torch.nn.utils.rnn import pad_sequence
 
-    from funasr_nano_hf.conversion.funasr_reference import FunASRReference
+    from funasr_nano_hf.testing.funasr_reference import FunASRReference
     from funasr_nano_hf.models import prompting
 
     ref = FunASRReference(checkpoint)
@@ -144,7 +144,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = args.checkpoint
         if checkpoint is None:
-            from funasr_nano_hf.conversion.funasr_checkpoint import write_original_checkpoint
+            from funasr_nano_hf.testing.funasr_checkpoint import write_original_checkpoint
 
             checkpoint = str(write_original_checkpoint(Path(tmp) / "real", size="real", seed=0))
         import soundfile as sf

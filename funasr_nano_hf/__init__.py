@@ -3,7 +3,8 @@
 `import funasr_nano_hf` registers our config/model/processor with the transformers Auto classes.
 """
 
-from .conversion import CheckpointError, load_pretrained, save_pretrained
+from .conversion import load_pretrained, save_pretrained
+from .errors import AudioError, CheckpointError, DataError, NonFiniteLossError, TrainingOutOfMemoryError
 from .inference import transcribe
 from .models import (
     FunAsrNanoHfConfig,
@@ -16,7 +17,11 @@ from .models import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AudioError",
     "CheckpointError",
+    "DataError",
+    "NonFiniteLossError",
+    "TrainingOutOfMemoryError",
     "FunAsrNanoHfConfig",
     "FunAsrNanoHfFeatureExtractor",
     "FunAsrNanoHfForConditionalGeneration",

@@ -32,7 +32,7 @@ def sample_wav(shared_dir) -> Path:
 def tiny_original_dir(tmp_path_factory) -> Path:
     """A tiny Fun-ASR-Nano in the ORIGINAL layout, built and saved by FunASR's `FunASRNano`, with a
     stand-in CTC branch in model.pt (tensors the HF model has no place for)."""
-    from funasr_nano_hf.conversion.funasr_checkpoint import write_original_checkpoint
+    from funasr_nano_hf.testing.funasr_checkpoint import write_original_checkpoint
 
     generator = torch.Generator().manual_seed(1)
     extra = {
@@ -45,7 +45,7 @@ def tiny_original_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_reference(tiny_original_dir):
-    from funasr_nano_hf.conversion.funasr_reference import FunASRReference
+    from funasr_nano_hf.testing.funasr_reference import FunASRReference
 
     return FunASRReference(tiny_original_dir)
 

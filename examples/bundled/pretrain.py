@@ -28,7 +28,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from funasr_nano_hf.conversion.funasr_checkpoint import (  # noqa: E402
+from funasr_nano_hf.testing.funasr_checkpoint import (  # noqa: E402
     FUN_ASR_NANO_2512_YAML,
     QWEN3_0_6B_CONFIG,
     write_original_checkpoint,
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     from funasr_nano_hf.conversion.export import export_funasr
-    from funasr_nano_hf.conversion.qwen_tokenizer import build_qwen_tokenizer_for_texts
+    from funasr_nano_hf.testing.qwen_tokenizer import build_qwen_tokenizer_for_texts
 
     data, work, out = Path(args.data), Path(args.work), Path(args.out)
     pretrain_train, pretrain_valid = data / "pretrain" / "train.jsonl", data / "pretrain" / "valid.jsonl"

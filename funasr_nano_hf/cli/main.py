@@ -11,7 +11,7 @@ import torch
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def _convert(args: argparse.Namespace) -> int:
+def _convert_model(args: argparse.Namespace) -> int:
     from ..conversion import detect_layout, load_pretrained, save_pretrained
 
     if detect_layout(args.original_dir) != "original":
@@ -86,8 +86,8 @@ def _export_funasr(args: argparse.Namespace) -> int:
     return 0
 
 
-def _convert_data(args: argparse.Namespace) -> int:
-    from ..data.convert import convert_manifest
+def _convert_manifest(args: argparse.Namespace) -> int:
+    from ..data.writers import convert_manifest
 
     tokenizer = None
     if args.calculate_lengths:
@@ -96,7 +96,7 @@ def _convert_data(args: argparse.Namespace) -> int:
 
             tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
         else:
-            from ..conversion.qwen_tokenizer import build_qwen3_tokenizer
+            from ..testing.qwen_tokenizer import build_qwen3_tokenizer
 
             tokenizer = build_qwen3_tokenizer()
     else:
@@ -111,10 +111,22 @@ def _convert_data(args: argparse.Namespace) -> int:
     return 1 if any(p.severity == "error" for p in problems) else 0
 
 
-def _check_data(argv: list[str]) -> int:
-    from ..data.checks import check_data_main
+def _check_data(args: argparse.Namespace) -> int:
+    import json
 
-    return check_data_main(argv)
+    from ..data.checks import check_manifests
+
+    texts: list[str | None] = []
+    pending = list(args.text or [])
+    for manifest in args.manifests:
+        texts.append(pending.pop(0) if manifest.endswith(".scp") and pending else None)
+    report = check_manifests(args.manifests, text_paths=texts, max_duration_s=args.max_duration,
+                             min_duration_s=args.min_duration, max_text_length=args.max_text_length)
+    print(report.format())
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump(report.to_dict(), handle, ensure_ascii=False, indent=2)
+    return 1 if report.has_errors else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,11 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    convert = commands.add_parser("convert", help="original FunASR folder -> HF folder")
+    convert = commands.add_parser(
+        "convert-model", aliases=["convert"], help="model conversion: original FunASR folder -> HF folder"
+    )
     convert.add_argument("original_dir")
     convert.add_argument("out_dir")
     convert.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="dtype of the LLM weights")
-    convert.set_defaults(func=_convert)
+    convert.set_defaults(func=_convert_model)
 
     tr = commands.add_parser("transcribe", help="audio files or manifests -> JSONL (key, text, duration, flags)")
     tr.add_argument("inputs", nargs="+", help="audio files and/or manifests (any supported format)")
@@ -147,25 +161,32 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--output", required=True)
     export.set_defaults(func=_export_funasr)
 
-    convert_data = commands.add_parser("convert-data", help="manifest -> FunASR ChatML / source-target JSONL")
+    convert_data = commands.add_parser("convert-data", help="manifest conversion: any manifest -> FunASR ChatML / source-target JSONL")
     convert_data.add_argument("--input", required=True)
     convert_data.add_argument("--output", required=True)
     convert_data.add_argument("--to", choices=["chatml", "source-target"], default="chatml")
     convert_data.add_argument("--text", default=None, help="transcript file when --input is a wav.scp")
     convert_data.add_argument("--tokenizer", default=None, help="folder of the model's tokenizer (default: Qwen3)")
     convert_data.add_argument("--no-calculate-lengths", dest="calculate_lengths", action="store_false")
-    convert_data.set_defaults(func=_convert_data)
+    convert_data.set_defaults(func=_convert_manifest)
 
-    commands.add_parser("check-data", help="validate manifests; report counts, histograms, problems", add_help=False)
+    check = commands.add_parser(
+        "check-data", help="validate manifests; report counts, hours, histograms, problems (exit 1 on errors)"
+    )
+    check.add_argument("manifests", nargs="+", help="jsonl / chatml / source-target / wav.scp manifests")
+    check.add_argument("--text", action="append", default=None,
+                       help="transcript file of a wav.scp (once per .scp, in order)")
+    check.add_argument("--max-duration", type=float, default=20.0, help="seconds (FunASR: 2000 fbank frames)")
+    check.add_argument("--min-duration", type=float, default=0.1)
+    check.add_argument("--max-text-length", type=int, default=200)
+    check.add_argument("--json", help="also write the report as JSON here")
+    check.set_defaults(func=_check_data)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    # check-data owns its own argument parser (its options live with the checks).
-    if argv and argv[0] == "check-data":
-        return _check_data(argv[1:])
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     return args.func(args)

@@ -1,5 +1,5 @@
 """Conversion between FunASR's original layout and ours (load, save, export)."""
 
-from .loading import CheckpointError, detect_layout, load_pretrained, save_pretrained
+from .loading import detect_layout, load_pretrained, save_pretrained
 
-__all__ = ["CheckpointError", "detect_layout", "load_pretrained", "save_pretrained"]
+__all__ = ["detect_layout", "load_pretrained", "save_pretrained"]

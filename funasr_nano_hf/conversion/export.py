@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from .loading import CheckpointError, _read_yaml, detect_layout, load_pretrained, read_model_pt
+from ..errors import CheckpointError
+from .loading import _read_yaml, detect_layout, load_pretrained, read_model_pt
 from .original_layout import encoder_layout, hf_to_original
 
 logger = logging.getLogger(__name__)

@@ -27,14 +27,11 @@ from ..models.feature_extraction_funasr_nano import FunAsrNanoHfFeatureExtractor
 from ..models.modeling_funasr_nano import FunAsrNanoHfForConditionalGeneration
 from ..models.processing_funasr_nano import FunAsrNanoHfProcessor
 from .original_layout import encoder_layout, feature_extractor_kwargs, hf_config_from_original, original_to_hf
+from ..errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 
 AUDIO_TOKEN = "<|object_ref_start|>"
-
-
-class CheckpointError(ValueError):
-    """A model folder or file that cannot be loaded; the message names the file."""
 
 
 def detect_layout(path: str | Path) -> str:

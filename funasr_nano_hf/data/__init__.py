@@ -1,8 +1,9 @@
 """Data: manifest readers, audio, checks, featurisation (datasets), padding, batch samplers."""
 
-from .audio import AudioError, fbank_frames, load_audio
+from ..errors import AudioError, DataError
+from .audio import fbank_frames, load_audio
 from .collator import FunAsrNanoCollator
-from .featurize import DataConfig, DataError, build_dataset
+from .featurize import DataConfig, build_dataset
 from .readers import AsrRecord, Problem, read_manifest, read_manifests
 from .samplers import build_batch_sampler
 

@@ -9,15 +9,7 @@ import numpy as np
 import soundfile as sf
 import torch
 import torchaudio
-
-
-class AudioError(ValueError):
-    """An audio file that cannot be used; the message names the file and the reason."""
-
-    def __init__(self, path: str, reason: str):
-        super().__init__(f"{path}: {reason}")
-        self.path = path
-        self.reason = reason
+from ..errors import AudioError
 
 
 @dataclass(frozen=True)

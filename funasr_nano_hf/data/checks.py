@@ -3,8 +3,6 @@ every problem with file:line and reason; exit 1 when errors exist."""
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -113,26 +111,3 @@ def check_manifests(
         report.total_seconds += duration
         report.usable += ok
     return report
-
-
-def check_data_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="funasr-nano-hf check-data", description=__doc__)
-    parser.add_argument("manifests", nargs="+", help="jsonl / chatml / source-target / wav.scp manifests")
-    parser.add_argument("--text", action="append", default=None,
-                        help="transcript file of a wav.scp (once per .scp, in order)")
-    parser.add_argument("--max-duration", type=float, default=20.0, help="seconds (FunASR: 2000 fbank frames)")
-    parser.add_argument("--min-duration", type=float, default=0.1)
-    parser.add_argument("--max-text-length", type=int, default=200)
-    parser.add_argument("--json", help="also write the report as JSON here")
-    args = parser.parse_args(argv)
-    texts: list[str | None] = []
-    pending = list(args.text or [])
-    for manifest in args.manifests:
-        texts.append(pending.pop(0) if manifest.endswith(".scp") and pending else None)
-    report = check_manifests(args.manifests, text_paths=texts, max_duration_s=args.max_duration,
-                             min_duration_s=args.min_duration, max_text_length=args.max_text_length)
-    print(report.format())
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(report.to_dict(), handle, ensure_ascii=False, indent=2)
-    return 1 if report.has_errors else 0

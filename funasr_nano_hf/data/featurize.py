@@ -25,7 +25,8 @@ import datasets
 import numpy as np
 import torch
 
-from .audio import AudioError, fbank_frames, load_audio
+from ..errors import AudioError, DataError
+from .audio import fbank_frames, load_audio
 from .readers import read_manifests
 
 logger = logging.getLogger(__name__)
@@ -65,10 +66,6 @@ class DataReport:
         if len(self.problems) > 50:
             lines.append(f"  ... and {len(self.problems) - 50} more problems")
         return "\n".join(lines)
-
-
-class DataError(ValueError):
-    """Manifests with errors when `on_bad_data="stop"`; the message lists them with file:line."""
 
 
 def _cache_root(config: DataConfig) -> Path:

@@ -280,29 +280,3 @@ def read_manifests(paths: list[str], text_paths: list[str | None] | None = None)
 
 
 # -- writers: FunASR's formats ---------------------------------------------------------------------------
-def to_chatml_line(record: AsrRecord, speech_length: int | None, text_length: int | None) -> dict[str, Any]:
-    prompt = record.prompt if record.prompt is not None else "语音转写："
-    line: dict[str, Any] = {
-        "key": record.key,
-        "messages": [
-            {"role": "system", "content": DEFAULT_SYSTEM},
-            {"role": "user", "content": f"{prompt}<|startofspeech|>!{record.audio}<|endofspeech|>"},
-            {"role": "assistant", "content": record.text},
-        ],
-    }
-    if speech_length is not None:
-        line["speech_length"] = speech_length
-    if text_length is not None:
-        line["text_length"] = text_length
-    if record.hotwords:
-        line["hotwords"] = record.hotwords
-    return line
-
-
-def to_source_target_line(record: AsrRecord, speech_length: int | None, text_length: int | None) -> dict[str, Any]:
-    line: dict[str, Any] = {"key": record.key, "source": record.audio, "target": record.text}
-    if speech_length is not None:
-        line["source_len"] = speech_length
-    if text_length is not None:
-        line["target_len"] = text_length
-    return line

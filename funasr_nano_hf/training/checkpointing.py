@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from ..conversion.loading import CheckpointError
+from ..errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 

@@ -29,14 +29,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+from ..errors import NonFiniteLossError
 
 logger = logging.getLogger(__name__)
 
 POLICIES = ("stop", "skip")
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training stopped on a non-finite loss or gradient (``--on_nonfinite stop``)."""
 
 
 class SkipBatch(Exception):

@@ -15,12 +15,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
+from ..errors import TrainingOutOfMemoryError
 
 _OOM_TEXTS = ("out of memory", "can't allocate memory", "not enough memory")
-
-
-class TrainingOutOfMemoryError(RuntimeError):
-    """A training batch did not fit in memory; the message names the batch and the options to change."""
 
 
 def is_out_of_memory(error: BaseException) -> bool:

@@ -36,7 +36,7 @@ from ..data.samplers import build_batch_sampler
 from ..evaluation import NORMALIZER_NAME, compute_cer
 from ..inference.transcribe import default_max_new_tokens
 from .checkpointing import atomic_directory, newest_complete_checkpoint, remove_stale_temporaries, vet_checkpoint
-from .faults import fault_point
+from ..testing.faults import fault_point
 from .nonfinite import NonFiniteGuard, SkipBatch
 from .oom import BatchShape, out_of_memory_guard
 

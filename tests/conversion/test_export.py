@@ -41,7 +41,7 @@ def adapter_dir(tiny_original_dir, shared_dir, tmp_path_factory):
 def test_export_round_trip_funasr_transcribes_like_us(tiny_original_dir, adapter_dir, tmp_path, shared_dir):
     from peft import PeftModel
 
-    from funasr_nano_hf.conversion.funasr_reference import FunASRReference
+    from funasr_nano_hf.testing.funasr_reference import FunASRReference
 
     hf_dir = tmp_path / "hf"
     assert cli_main(["convert", str(tiny_original_dir), str(hf_dir)]) == 0

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from funasr_nano_hf.cli.main import main as cli_main
-from funasr_nano_hf.data.audio import AudioError, fbank_frames, load_audio
+from funasr_nano_hf.data.audio import fbank_frames, load_audio
+from funasr_nano_hf.errors import AudioError
 from funasr_nano_hf.data.checks import check_manifests
 
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from funasr_nano_hf.data.featurize import DataConfig, DataError, build_dataset
+from funasr_nano_hf.data.featurize import DataConfig, build_dataset
+from funasr_nano_hf.errors import DataError
 
 
 @pytest.fixture()

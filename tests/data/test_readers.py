@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from funasr_nano_hf.data.convert import convert_manifest
+from funasr_nano_hf.data.writers import convert_manifest
 from funasr_nano_hf.data.readers import detect_format, prompt_options, read_manifest, read_manifests
 
 FORMATS = {"valid.jsonl": "jsonl", "valid_chatml.jsonl": "chatml", "valid_source_target.jsonl": "source_target",
@@ -88,7 +88,7 @@ def test_kaldi_unpaired_ids_reported(tmp_path, shared_dir):
 
 @pytest.mark.parametrize("to", ["chatml", "source-target"])
 def test_convert_round_trip(shared_dir, tmp_path, to):
-    from funasr_nano_hf.conversion.qwen_tokenizer import build_tiny_qwen_tokenizer
+    from funasr_nano_hf.testing.qwen_tokenizer import build_tiny_qwen_tokenizer
 
     tokenizer = build_tiny_qwen_tokenizer()
     source = shared_dir / "data" / "tts" / "valid.jsonl"

@@ -48,7 +48,7 @@ def test_data_splits_are_disjoint_and_present():
 
 def test_funasr_decodes_the_bundled_model_like_us():
     """FunASR's own FunASRNano on the shipped weights: the same greedy tokens as our model."""
-    from funasr_nano_hf.conversion.funasr_reference import FunASRReference
+    from funasr_nano_hf.testing.funasr_reference import FunASRReference
 
     model, processor = load_pretrained(BUNDLED / "model")
     reference = FunASRReference(BUNDLED / "model")

@@ -1,5 +1,5 @@
 """examples/finetune.py as the fault tests run it: a tiny model, 2 epochs x 2 steps, a checkpoint and an
-evaluation every step, real processes, at most one injected fault (funasr_nano_hf.training.faults)."""
+evaluation every step, real processes, at most one injected fault (funasr_nano_hf.testing.faults)."""
 
 from __future__ import annotations
 

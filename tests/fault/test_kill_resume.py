@@ -2,7 +2,7 @@
 average and every logged number equal the uninterrupted run's, bit for bit (CPU, one thread, same seed).
 
 The kill is a real SIGKILL, sent by the process to itself at a named point (FUNASR_NANO_HF_FAULT, see
-funasr_nano_hf/training/faults.py); 2 epochs x 2 steps, a checkpoint + evaluation every step.
+funasr_nano_hf/testing/faults.py); 2 epochs x 2 steps, a checkpoint + evaluation every step.
 """
 
 from __future__ import annotations

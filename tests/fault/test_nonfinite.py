@@ -14,7 +14,8 @@ import soundfile as sf
 import torch
 from finetune_runs import LAST_STEP, finetune_cmd, run, weights
 
-from funasr_nano_hf.training.nonfinite import NonFiniteGuard, NonFiniteLossError
+from funasr_nano_hf.errors import NonFiniteLossError
+from funasr_nano_hf.training.nonfinite import NonFiniteGuard
 
 pytestmark = pytest.mark.slow
 

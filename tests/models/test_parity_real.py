@@ -13,7 +13,7 @@ import soundfile as sf
 import torch
 
 from funasr_nano_hf import load_pretrained
-from funasr_nano_hf.conversion.funasr_checkpoint import write_original_checkpoint
+from funasr_nano_hf.testing.funasr_checkpoint import write_original_checkpoint
 from funasr_nano_hf.conversion.loading import read_model_pt
 from funasr_nano_hf.conversion.original_layout import encoder_layout, hf_to_original, original_to_hf
 from funasr_nano_hf.data.collator import FunAsrNanoCollator
@@ -34,7 +34,7 @@ def real_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def real_pair(real_dir):
-    from funasr_nano_hf.conversion.funasr_reference import FunASRReference
+    from funasr_nano_hf.testing.funasr_reference import FunASRReference
 
     reference = FunASRReference(real_dir)
     model, processor = load_pretrained(real_dir)

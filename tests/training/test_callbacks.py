@@ -23,8 +23,8 @@ from funasr_nano_hf.training.callbacks import (
     EarlyStoppingCallback,
     FileLoggerCallback,
     NBestCheckpointCallback,
-    average_checkpoints,
 )
+from funasr_nano_hf.training.averaging import average_checkpoints
 from funasr_nano_hf.training.checkpointing import COMPLETE_MARKER
 
 STEPS = 40
@@ -444,5 +444,4 @@ def test_early_stopping_is_transformers_own():
         "FileLoggerCallback",
         "CurvePlotCallback",
         "EarlyStoppingCallback",
-        "average_checkpoints",
     }

