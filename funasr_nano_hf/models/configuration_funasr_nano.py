@@ -8,12 +8,16 @@ rule differs; without `import funasr_nano_hf` it fails loudly ("unrecognized mod
 
 from __future__ import annotations
 
+import torch
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig
 from transformers.configuration_utils import SubConfigSpec
 from transformers.models.fun_asr_nano.configuration_fun_asr_nano import FunAsrNanoAdaptorConfig, FunAsrNanoConfig
 
 AUDIO_TOKEN_RULES = ("low_frame_rate", "all_frames")
+
+# FunASR's dtype names (`llm_conf.llm_dtype`, the guide's `llm_dtype`, our `--dtype`) -> torch dtypes. The one map.
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @strict
@@ -57,4 +61,4 @@ class FunAsrNanoHfConfig(FunAsrNanoConfig):
 
 AutoConfig.register(FunAsrNanoHfConfig.model_type, FunAsrNanoHfConfig)
 
-__all__ = ["FunAsrNanoHfConfig", "AUDIO_TOKEN_RULES"]
+__all__ = ["AUDIO_TOKEN_RULES", "DTYPES", "FunAsrNanoHfConfig"]
