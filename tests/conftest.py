@@ -1,26 +1,23 @@
-"""Shared fixtures: the ../shared data folder and tiny checkpoints built by FunASR's own classes."""
+"""Shared fixtures: the test data folder and tiny checkpoints built by FunASR's own classes."""
 
 from __future__ import annotations
 
-import os
+import logging
 from pathlib import Path
 
 import pytest
 import torch
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def shared_path() -> Path:
-    return Path(os.environ.get("FUNASR_NANO_HF_SHARED", REPO.parent / "shared"))
+from helpers import fallback_shared_dir, shared_path
 
 
 @pytest.fixture(scope="session")
-def shared_dir() -> Path:
+def shared_dir(tmp_path_factory) -> Path:
+    """`../shared` (or $FUNASR_NANO_HF_SHARED); without it, a folder of the same layout from the bundled clips."""
     path = shared_path()
-    if not (path / "data").is_dir():
-        raise FileNotFoundError(f"shared test data not found at {path} (set FUNASR_NANO_HF_SHARED)")
-    return path
+    if (path / "data").is_dir():
+        return path
+    logging.getLogger(__name__).warning("no shared data at %s: using the bundled clips instead", path)
+    return fallback_shared_dir(tmp_path_factory.mktemp("shared_fallback"))
 
 
 @pytest.fixture(scope="session")

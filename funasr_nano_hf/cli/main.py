@@ -1,4 +1,9 @@
-"""`funasr-nano-hf` command line: one sub-command per job, each a thin wrapper over the library."""
+"""`funasr-nano-hf` command line: one sub-command per job, each a thin wrapper over the library.
+
+Every sub-command's parser is built here (`build_parser`); global flags (``-v``) apply to all. Model conversion
+(`convert-model`, original FunASR folder -> HF folder; `export-funasr`, back) and manifest conversion
+(`convert-data`) are different jobs with different names.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,7 @@ import argparse
 import logging
 import sys
 
-import torch
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+from ..models.configuration_funasr_nano import DTYPES
 
 
 def _convert_model(args: argparse.Namespace) -> int:
@@ -91,14 +94,12 @@ def _convert_manifest(args: argparse.Namespace) -> int:
 
     tokenizer = None
     if args.calculate_lengths:
-        if args.tokenizer:
-            from transformers import AutoTokenizer
+        if not args.tokenizer:
+            raise SystemExit("convert-data: --tokenizer DIR (the model's tokenizer, e.g. Fun-ASR-Nano-2512/Qwen3-0.6B) "
+                             "is needed to compute target lengths; or pass --no-calculate-lengths")
+        from transformers import AutoTokenizer
 
-            tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-        else:
-            from ..testing.qwen_tokenizer import build_qwen3_tokenizer
-
-            tokenizer = build_qwen3_tokenizer()
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     else:
         print("lengths not computed: length filtering and batching will compute them from the audio")
     written, problems = convert_manifest(
@@ -166,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert_data.add_argument("--output", required=True)
     convert_data.add_argument("--to", choices=["chatml", "source-target"], default="chatml")
     convert_data.add_argument("--text", default=None, help="transcript file when --input is a wav.scp")
-    convert_data.add_argument("--tokenizer", default=None, help="folder of the model's tokenizer (default: Qwen3)")
+    convert_data.add_argument("--tokenizer", default=None, help="folder of the model's tokenizer (needed for lengths)")
     convert_data.add_argument("--no-calculate-lengths", dest="calculate_lengths", action="store_false")
     convert_data.set_defaults(func=_convert_manifest)
 

@@ -2,8 +2,8 @@
 
 a. plain JSONL `{"key", "wav", "txt"}`;
 b. FunASR `{"key"?, "source", "target", "source_len"?, "target_len"?}`;
-c. FunASR ChatML `{"messages": [system, user "<prompt><|startofspeech|>!PATH<|endofspeech|>", assistant],
-   "speech_length", "text_length", "key"?, "hotwords"?}` — the user-turn prompt is kept (it is trained on);
+c. FunASR ChatML `{"messages": [system, user "<instruction><|startofspeech|>!PATH<|endofspeech|>", assistant],
+   "speech_length", "text_length", "key"?, "hotwords"?}` — the instruction is kept (it is trained on);
 d. Kaldi `wav.scp` + `text` (split on the first run of whitespace).
 Relative audio paths resolve against the manifest's folder. Nothing is dropped silently: every line that
 cannot become a record is a `Problem` with file:line, field and reason.
@@ -12,15 +12,13 @@ cannot become a record is a `Problem` with file:line, field and reason.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..models.prompting import SPEECH_SPAN_RE, parse_instruction
+
 FORMATS = ("jsonl", "source_target", "chatml", "kaldi")
-SPEECH_RE = re.compile(r"<\|startofspeech\|>!(.*?)<\|endofspeech\|>", re.S)
-DEFAULT_SYSTEM = "You are a helpful assistant."
-_LANGUAGE_PROMPTS = {"中文": "zh", "英文": "en", "日文": "ja", "chinese": "zh", "english": "en", "japanese": "ja"}
 
 
 @dataclass
@@ -28,7 +26,7 @@ class AsrRecord:
     key: str
     audio: str  # absolute path
     text: str
-    prompt: str | None = None  # user-turn text before the audio, exactly as found (None: default prompt)
+    instruction: str | None = None  # user-turn text before the audio, exactly as found (None: the default)
     language: str | None = None
     hotwords: list[str] | None = None
     itn: bool = True
@@ -38,10 +36,6 @@ class AsrRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "AsrRecord":
-        return cls(**{k: data.get(k) for k in cls.__dataclass_fields__ if k in data})
 
 
 @dataclass(frozen=True)
@@ -60,22 +54,6 @@ class ReadResult:
     records: list[AsrRecord] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     format: str | None = None
-
-
-def prompt_options(prompt: str | None) -> tuple[str | None, bool, list[str] | None]:
-    """(language, itn, hotwords) that a FunASR prompt expresses."""
-    if not prompt:
-        return None, True, None
-    language = None
-    if match := re.search(r"语音转写成([^，：:]+)", prompt):
-        language = _LANGUAGE_PROMPTS.get(match.group(1), match.group(1))
-    elif match := re.search(r"[Tt]ranscribe speech into (\w+)", prompt):
-        language = _LANGUAGE_PROMPTS.get(match.group(1).lower(), match.group(1))
-    itn = not ("不进行文本规整" in prompt or "without text normalization" in prompt.lower())
-    hotwords = None
-    if match := re.search(r"热词列表：\[(.*?)\]", prompt):
-        hotwords = [w.strip() for w in match.group(1).split(",") if w.strip()] or None
-    return language, itn, hotwords
 
 
 def _lines(path: Path, problems: list[Problem]):
@@ -162,7 +140,7 @@ def _record_from_row(fmt: str, row: dict, base: Path, where: str, problems: list
     if user is None or not isinstance(user.get("content"), str):
         problems.append(Problem(where, "messages[user]", "missing user turn"))
         return None
-    match = SPEECH_RE.search(user["content"])
+    match = SPEECH_SPAN_RE.search(user["content"])
     if match is None or not match.group(1).strip():
         problems.append(Problem(where, "messages[user]", "no <|startofspeech|>!PATH<|endofspeech|> audio span"))
         return None
@@ -172,12 +150,12 @@ def _record_from_row(fmt: str, row: dict, base: Path, where: str, problems: list
     text = _text_field(assistant, "content", where, problems)
     if text is None:
         return None
-    prompt = user["content"][: match.start()]
-    language, itn, hotwords = prompt_options(prompt)
+    instruction = user["content"][: match.start()]
+    language, itn, hotwords = parse_instruction(instruction)
     if isinstance(row.get("hotwords"), list):
         hotwords = [str(w) for w in row["hotwords"]]
     audio = match.group(1).strip()
-    return AsrRecord(str(row.get("key") or Path(audio).stem), _resolve(base, audio), text, prompt=prompt,
+    return AsrRecord(str(row.get("key") or Path(audio).stem), _resolve(base, audio), text, instruction=instruction,
                      language=language, hotwords=hotwords, itn=itn, source=where,
                      speech_length=row.get("speech_length"), text_length=row.get("text_length"))
 

@@ -1,44 +1,12 @@
 """Batch samplers for speech fine-tuning: FunASR's three ``batch_type`` s, deterministic, sharded, resumable.
 
-Each sampler is a ``torch.utils.data.Sampler[list[int]]``: it yields lists of dataset indices, one list per
-batch, and goes into ``DataLoader(dataset, batch_sampler=...)``. The only per-example input is ``lengths``,
-the cost of each example (e.g. fbank frames + label tokens), so the dataset is never touched.
-
-Batch types (``build_batch_sampler(batch_type, ...)`` picks the class):
-
-* ``"example"`` (`ExampleBatchSampler`): **constraint** ``len(batch) == batch_size`` (the epoch's last batch
-  may be smaller unless ``drop_last``). **Algorithm**: cut the epoch's (shuffled) index order into chunks.
-* ``"length"`` (`LengthBatchSampler`): same constraint; **algorithm**: shuffle, split the order into buffers,
-  sort each buffer by length, cut into chunks, shuffle the batch order. Examples of similar length share a
-  batch, so much less padding than ``"example"`` at the same batch size.
-* ``"token"`` (`TokenBatchSampler`): **constraint** on the *padded* size,
-  ``max(lengths in batch) * len(batch) <= max_tokens`` (FunASR's ``batch_type: token``), optionally also
-  ``len(batch) <= max_batch_size``. **Algorithm**: shuffle, split into buffers, sort each buffer by length
-  *descending*, then greedily give each batch as many examples as the budget of its first (longest) example
-  allows. An example longer than ``max_tokens`` is never dropped silently: by default (``oversize="single"``)
-  it gets a batch of its own, which is the only case that exceeds the budget, and a warning is logged when
-  the sampler is built; with ``oversize="skip"`` it is left out of every epoch and listed in
-  ``sampler.skipped`` for the caller to report.
-
-Common to all three (`BatchSamplerBase`):
-
-* **Deterministic**: the batches of an epoch are a pure function of ``(seed, epoch)`` and the configuration;
-  call ``set_epoch(epoch)`` before each epoch, like ``DistributedSampler`` (without it every epoch repeats
-  epoch 0's order).
-* **Distributed**: batches are formed *globally* (identically on every rank, no communication) and dealt to
-  the ``num_replicas`` ranks round-robin: global batches ``k*R .. k*R+R-1`` form step ``k``, one per rank.
-  The step groups are consecutive batches of one sorted buffer, so at every step the ranks hold batches of
-  similar cost and do not wait on each other; the *order of the step groups* is what gets shuffled. Ranks
-  get disjoint batches and the same number of them: if the global batch count is not a multiple of ``R``,
-  the first batches of the epoch's (pre-shuffle) list are repeated to fill the last step (``drop_last=False``,
-  these are the only duplicates, counted in ``num_padding_batches``), or the surplus batches are dropped
-  (``drop_last=True``). ``num_replicas``/``rank`` default to ``torch.distributed``'s world, else 1/0.
-* **Resumable**: ``state_dict()`` records ``epoch`` and ``batches_yielded`` (this rank, this epoch);
-  after ``load_state_dict`` the next iteration yields exactly the rest of that epoch. Because ``__len__`` is
-  exact and the order is a pure function of ``(seed, epoch)``, accelerate's ``skip_first_batches(loader, n)``
-  gives the same result; use one mechanism, not both.
-* **Cheap**: the epoch's batch list is built once (numpy permutation + one ``lexsort`` for the buffer sort,
-  a loop over *batches*, not examples, for ``"token"``) and cached; iteration only converts arrays to lists.
+Each sampler is a ``torch.utils.data.Sampler[list[int]]`` that yields one list of dataset indices per batch, for
+``DataLoader(dataset, batch_sampler=...)``. Its only per-example input is ``lengths`` (the cost of each example,
+e.g. fbank frames + label tokens), so the dataset is never touched. `build_batch_sampler(batch_type, ...)` picks
+the class: ``"example"`` (`ExampleBatchSampler`, fixed count), ``"length"`` (`LengthBatchSampler`, fixed count of
+similar-length examples) or ``"token"`` (`TokenBatchSampler`, a padded-size budget). What all three share --
+epochs as a pure function of ``(seed, epoch)``, sharding over ranks, ``state_dict`` resumption -- is
+`BatchSamplerBase`; each class docstring states its constraint and algorithm.
 
 Example::
 
@@ -49,13 +17,9 @@ Example::
     True
     >>> sorted(i for b in sampler for i in b)
     [0, 1, 2, 3, 4, 5]
-    >>> # DataLoader(dataset, batch_sampler=sampler, collate_fn=...); call sampler.set_epoch(e) every epoch.
 
-Caveats: the ``"token"`` batch count can differ slightly between epochs when ``sort_size`` buffers are used
-(which examples share a buffer changes); with ``sort_size=None`` (one global sort) it is the same every epoch,
-which matters to an epoch-based HF ``Trainer`` that reads ``len(dataloader)`` once. ``batches_yielded``
-counts batches *handed to* the ``DataLoader``; with ``num_workers > 0`` it runs ahead of the training step
-by the prefetch depth, so for an exact resume store the number of steps actually consumed in its place.
+Hand-written (after lhotse's resumable samplers): torch's and accelerate's samplers have no length or
+padded-size batching, and transformers' ``group_by_length`` has no token budget.
 """
 
 from __future__ import annotations
@@ -144,7 +108,26 @@ class BatchSamplerBase(Sampler[list[int]], ABC):
     """Shuffling, sharding over ranks, epochs and resumption, shared by every batch type.
 
     Subclasses only say how an epoch's example order becomes batches: `_arrange` (e.g. sort within buffers)
-    and `_cut` (split into batches). Everything else, including the rank padding rule, lives here once.
+    and `_cut` (split into batches). Everything else, including the rank padding rule, lives here once:
+
+    * **Deterministic**: the batches of an epoch are a pure function of ``(seed, epoch)`` and the configuration;
+      call ``set_epoch(epoch)`` before each epoch, like ``DistributedSampler`` (without it every epoch repeats
+      epoch 0's order).
+    * **Distributed**: batches are formed *globally* (identically on every rank, no communication) and dealt to
+      the ``num_replicas`` ranks round-robin: global batches ``k*R .. k*R+R-1`` form step ``k``, one per rank.
+      The step groups are consecutive batches of one sorted buffer, so at every step the ranks hold batches of
+      similar cost; the *order of the step groups* is what gets shuffled. Ranks get disjoint batches and the
+      same number of them: if the global batch count is not a multiple of ``R``, the first batches of the
+      epoch's (pre-shuffle) list are repeated to fill the last step (``drop_last=False``, the only duplicates,
+      counted in ``num_padding_batches``), or the surplus batches are dropped (``drop_last=True``).
+    * **Resumable**: ``state_dict()`` records ``epoch`` and ``batches_yielded`` (this rank, this epoch); after
+      ``load_state_dict`` the next iteration yields exactly the rest of that epoch. Because ``__len__`` is exact
+      and the order is a pure function of ``(seed, epoch)``, accelerate's ``skip_first_batches(loader, n)``
+      (what the Trainer's resume uses) gives the same result; use one mechanism, not both. ``batches_yielded``
+      counts batches *handed to* the ``DataLoader``; with ``num_workers > 0`` it runs ahead of the training
+      step by the prefetch depth, so for an exact resume store the steps actually consumed in its place.
+    * **Cheap**: the epoch's batch list is built once (numpy permutation + one ``lexsort`` for the buffer sort,
+      a loop over *batches*, not examples, for ``"token"``) and cached; iteration only converts arrays to lists.
 
     Deliberately no ``batch_size`` attribute: accelerate's ``BatchSamplerShard`` reads
     ``batch_sampler.batch_size`` and, when it is set, treats a shorter batch as incomplete and pads or drops

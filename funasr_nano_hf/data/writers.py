@@ -16,18 +16,20 @@ from typing import Any
 import soundfile as sf
 
 from .audio import fbank_frames
-from .readers import DEFAULT_SYSTEM, AsrRecord, Problem, read_manifest
+from ..models.prompting import DEFAULT_SYSTEM_PROMPT, instruction as default_instruction, speech_span
+from .readers import AsrRecord, Problem, read_manifest
 
 logger = logging.getLogger(__name__)
 
 
 def to_chatml_line(record: AsrRecord, speech_length: int | None, text_length: int | None) -> dict[str, Any]:
-    prompt = record.prompt if record.prompt is not None else "语音转写："
+    """FunASR's ChatML line (its `speech_length`/`text_length` names); the record's own instruction or the default."""
+    instruction = record.instruction if record.instruction is not None else default_instruction()
     line: dict[str, Any] = {
         "key": record.key,
         "messages": [
-            {"role": "system", "content": DEFAULT_SYSTEM},
-            {"role": "user", "content": f"{prompt}<|startofspeech|>!{record.audio}<|endofspeech|>"},
+            {"role": "system", "content": DEFAULT_SYSTEM_PROMPT},
+            {"role": "user", "content": instruction + speech_span(record.audio)},
             {"role": "assistant", "content": record.text},
         ],
     }
@@ -41,6 +43,7 @@ def to_chatml_line(record: AsrRecord, speech_length: int | None, text_length: in
 
 
 def to_source_target_line(record: AsrRecord, speech_length: int | None, text_length: int | None) -> dict[str, Any]:
+    """FunASR's `{"source", "target", "source_len", "target_len"}` line (the guide's default format)."""
     line: dict[str, Any] = {"key": record.key, "source": record.audio, "target": record.text}
     if speech_length is not None:
         line["source_len"] = speech_length

@@ -31,6 +31,7 @@ def low_frame_rate_token_count(num_frames: torch.Tensor | int) -> torch.Tensor |
 
 
 def audio_token_count(num_frames: torch.Tensor | int, rule: str) -> torch.Tensor | int:
+    """Audio tokens the LLM sees for `num_frames` LFR frames under `rule` (`AUDIO_TOKEN_RULES`)."""
     if rule == "low_frame_rate":
         return low_frame_rate_token_count(num_frames)
     if rule == "all_frames":
@@ -39,6 +40,13 @@ def audio_token_count(num_frames: torch.Tensor | int, rule: str) -> torch.Tensor
 
 
 class FunAsrNanoHfProcessor(FunAsrNanoProcessor):
+    """Feature extractor + Qwen3 tokenizer, with FunASR's audio-token count and prompts.
+
+    Differs from the stock processor only where FunASR differs: the audio placeholder expands to
+    `audio_token_count(T_lfr, audio_token_rule)` tokens (ceil(T_lfr / 8) for the released model, not T_lfr), and
+    the prompt builders (`transcription_prompt`, `prepare_transcription`, `build_training_example`) reproduce
+    FunASR's ChatML text and tokenisation exactly.
+    """
 
     def __init__(
         self,
@@ -65,10 +73,6 @@ class FunAsrNanoHfProcessor(FunAsrNanoProcessor):
         replacements = [self.replace_audio_token(audio_inputs, audio_idx=i) for i in range(len(frames))]
         return audio_inputs, replacements
 
-    def num_audio_tokens(self, num_samples: int) -> int:
-        """Audio tokens for a clip of `num_samples` at 16 kHz, without computing features."""
-        return int(audio_token_count(self.feature_extractor.num_lfr_frames(num_samples), self.audio_token_rule))
-
     # -- prompts -------------------------------------------------------------------------------------
     def transcription_prompt(
         self,
@@ -79,7 +83,7 @@ class FunAsrNanoHfProcessor(FunAsrNanoProcessor):
     ) -> str:
         """FunASR's ChatML source with ONE audio placeholder (expanded when audio is processed).
 
-        `instruction` replaces the user-turn text before the audio (e.g. a ChatML manifest's own prompt).
+        `instruction` replaces the user-turn text before the audio (e.g. a ChatML manifest's own instruction).
         """
         text = instruction if instruction is not None else prompting.instruction(language, hotwords, itn)
         return prompting.chatml_prompt(text, self.audio_token)

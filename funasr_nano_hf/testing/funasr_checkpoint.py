@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 LLM_DIR_NAME = "Qwen3-0.6B"
 
-# config.yaml of Fun-ASR-Nano-2512 as far as it affects the model (shared/docs reference, section 1).
+# config.yaml of the released Fun-ASR-Nano-2512, the keys that affect the model (values as published with it).
 FUN_ASR_NANO_2512_YAML: dict[str, Any] = {
     "model": "FunASRNano",
     "model_conf": {"lsm_weight": 0.1, "length_normalized_loss": True},

@@ -52,7 +52,6 @@ QWEN3_ADDED_TOKENS: tuple[tuple[str, bool], ...] = (
     ("<think>", False),
     ("</think>", False),
 )
-QWEN3_NUM_BPE_RANKS = 151643
 QWEN3_VOCAB_SIZE = 151936  # embedding rows of Qwen3-0.6B (padded beyond the 151669 used ids)
 
 # Qwen3's chat template reduced to what ASR needs: it renders FunASR's ChatML source string exactly.

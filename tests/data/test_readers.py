@@ -7,7 +7,8 @@ import json
 import pytest
 
 from funasr_nano_hf.data.writers import convert_manifest
-from funasr_nano_hf.data.readers import detect_format, prompt_options, read_manifest, read_manifests
+from funasr_nano_hf.data.readers import detect_format, read_manifest, read_manifests
+from funasr_nano_hf.models.prompting import parse_instruction
 
 FORMATS = {"valid.jsonl": "jsonl", "valid_chatml.jsonl": "chatml", "valid_source_target.jsonl": "source_target",
            "valid_wav.scp": "kaldi"}
@@ -32,7 +33,7 @@ def test_all_four_formats_give_the_same_records(shared_dir):
 
 def test_chatml_prompt_is_kept(shared_dir):
     records = read_manifest(shared_dir / "data" / "tts" / "valid_chatml.jsonl").records
-    prompts = {r.prompt for r in records}
+    prompts = {r.instruction for r in records}
     assert prompts == {"语音转写：", "Speech transcription:"}
     assert records[0].speech_length == 88
 
@@ -44,8 +45,8 @@ def test_chatml_prompt_is_kept(shared_dir):
     ("Transcribe speech into Chinese:", ("zh", True, None)),
     ("请结合上下文信息…\n热词列表：[滨海新区, 房子]\n语音转写：", (None, True, ["滨海新区", "房子"])),
 ])
-def test_prompt_options(prompt, expected):
-    assert prompt_options(prompt) == expected
+def test_parse_instruction(prompt, expected):
+    assert parse_instruction(prompt) == expected
 
 
 def test_bad_lines_are_named(broken_dir):

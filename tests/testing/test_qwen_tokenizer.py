@@ -41,7 +41,7 @@ def test_matches_tiktoken_on_mixed_text(qwen3, shared_dir):
 
 
 def test_funasr_prompt_token_counts(qwen3):
-    """FunASR's default prompt is 18 tokens before the audio and 5 after (shared/docs section 5.5)."""
+    """FunASR's default prompt is 18 tokens before the audio and 5 after (as FunASR's data_load_speech tokenises it)."""
     prefix = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n" + prompting.instruction()
     assert len(qwen3.encode(prefix, add_special_tokens=False)) == 18
     assert qwen3.encode("<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False) == [151645, 198, 151644, 77091, 198]

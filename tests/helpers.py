@@ -1,0 +1,109 @@
+"""Test helpers shared by the test folders: where the test data is, clip subsets, and running finetune.py.
+
+The tests read the shared data folder beside the repo (`../shared`, or `$FUNASR_NANO_HF_SHARED`). A fresh clone
+without it still runs: `fallback_shared_dir` builds a folder of the same layout from the bundled clips in
+`examples/bundled/data` (decoded to 16 kHz WAV, all four manifest formats), so only the figures differ.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+FINETUNE = REPO / "examples" / "finetune.py"
+BUNDLED_DATA = REPO / "examples" / "bundled" / "data"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# test data
+# ---------------------------------------------------------------------------------------------------------
+def shared_path() -> Path:
+    """The shared data folder as configured (it may not exist: see `fallback_shared_dir`)."""
+    return Path(os.environ.get("FUNASR_NANO_HF_SHARED", REPO.parent / "shared"))
+
+
+def fallback_shared_dir(dest: Path, train: int = 240, valid: int = 40) -> Path:
+    """A stand-in for the shared folder built from the bundled clips: `data/tts/` (train from the bundled
+    fine-tuning set, valid from the held-out set) in the four formats, and `data/real/` (three clips)."""
+    import soundfile as sf
+
+    from funasr_nano_hf.data.audio import load_audio
+
+    tts = dest / "data" / "tts"
+    for split, manifest, count in (("train", "train.jsonl", train), ("valid", "heldout.jsonl", valid)):
+        rows = [json.loads(line) for line in (BUNDLED_DATA / manifest).read_text(encoding="utf-8").splitlines()]
+        (tts / "wav" / split).mkdir(parents=True, exist_ok=True)
+        plain, chatml, source_target, scp, text = [], [], [], [], []
+        for index, row in enumerate(rows[:count]):
+            language = "zh" if row["key"].endswith("_zh") else "en"
+            key = f"tts_{split}_{index:04d}_{language}"
+            wav = f"wav/{split}/{key}.wav"
+            waveform, _ = load_audio(str(BUNDLED_DATA / row["wav"]))
+            sf.write(tts / wav, waveform, 16000, subtype="PCM_16")
+            frames = int((len(waveform) / 16 - 25) // 10 + 1)
+            instruction = "语音转写：" if language == "zh" else "Speech transcription:"
+            plain.append({"key": key, "wav": wav, "txt": row["txt"]})
+            chatml.append({"key": key, "messages": [
+                {"role": "system", "content": "You are a helpful assistant."},
+                {"role": "user", "content": f"{instruction}<|startofspeech|>!{wav}<|endofspeech|>"},
+                {"role": "assistant", "content": row["txt"]},
+            ], "speech_length": frames, "text_length": len(row["txt"])})
+            source_target.append({"key": key, "source": wav, "target": row["txt"], "source_len": frames,
+                                  "target_len": len(row["txt"])})
+            scp.append(f"{key} {wav}")
+            text.append(f"{key} {row['txt']}")
+        for name, lines in ((f"{split}.jsonl", plain), (f"{split}_chatml.jsonl", chatml),
+                            (f"{split}_source_target.jsonl", source_target)):
+            (tts / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in lines), encoding="utf-8")
+        (tts / f"{split}_wav.scp").write_text("".join(line + "\n" for line in scp), encoding="utf-8")
+        (tts / f"{split}_text.txt").write_text("".join(line + "\n" for line in text), encoding="utf-8")
+    real = dest / "data" / "real"
+    real.mkdir(parents=True, exist_ok=True)
+    rows = [json.loads(line) for line in (BUNDLED_DATA / "pretrain_domain.jsonl").read_text().splitlines()[:3]]
+    for name, row in zip(("sample.wav", "asr_example.wav", "mid.wav"), rows):
+        waveform, _ = load_audio(str(BUNDLED_DATA / row["wav"]))
+        sf.write(real / name, waveform, 16000, subtype="PCM_16")
+    (real / "real.jsonl").write_text(
+        json.dumps({"key": "fun_asr_sample", "wav": "sample.wav", "txt": rows[0]["txt"]}, ensure_ascii=False) + "\n",
+        encoding="utf-8",
+    )
+    return dest
+
+
+def tts_subset(shared_dir: Path, dest: Path, train: int, valid: int = 0) -> Path:
+    """The first `train` / `valid` clips of the shared TTS set as `dest/{train,valid}.jsonl` (audio linked)."""
+    tts = shared_dir / "data" / "tts"
+    dest.mkdir(parents=True, exist_ok=True)
+    for name, count in (("train.jsonl", train), ("valid.jsonl", valid)):
+        if count:
+            lines = (tts / name).read_text(encoding="utf-8").splitlines(True)[:count]
+            (dest / name).write_text("".join(lines), encoding="utf-8")
+    (dest / "wav").symlink_to(tts / "wav")
+    return dest
+
+
+# ---------------------------------------------------------------------------------------------------------
+# examples/finetune.py in a real process
+# ---------------------------------------------------------------------------------------------------------
+def finetune_cmd(model_dir: Path, data_dir: Path, out: Path, *extra: str, **options: object) -> list[str]:
+    """`python examples/finetune.py` on `data_dir/{train,valid}.jsonl` (valid only if present) into `out`.
+
+    `options` (name=value, as `--name value`) come first and `extra` last, so `extra` overrides (argparse
+    keeps the last value)."""
+    valid = ["--valid_data", str(data_dir / "valid.jsonl")] if (data_dir / "valid.jsonl").is_file() else []
+    flags = [item for name, value in options.items() for item in (f"--{name}", str(value))]
+    return [sys.executable, str(FINETUNE), "--model_dir", str(model_dir), "--train_data",
+            str(data_dir / "train.jsonl"), *valid, "--output_dir", str(out), *flags, *extra]
+
+
+def run(cmd: list[str], *, env: dict[str, str] | None = None, returncode: int = 0, timeout: int = 900) -> str:
+    """Run `cmd`; its exit status must be `returncode` (e.g. -9: killed). Returns stdout + stderr."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    result = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout, env=env)
+    output = result.stdout + result.stderr
+    assert result.returncode == returncode, f"exit {result.returncode} (expected {returncode})\n{output[-8000:]}"
+    return output

@@ -1,0 +1,89 @@
+"""The package's shape: FunASR is an optional extra, used only by `funasr_nano_hf.testing`.
+
+`pip install funasr-nano-hf` (no `[funasr]`) must import, load the original folder, fine-tune and transcribe:
+one test proves it in a subprocess where importing `funasr` raises, another fails on any import of `funasr`
+outside `funasr_nano_hf/testing/`.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from helpers import BUNDLED_DATA, FINETUNE, REPO
+
+PACKAGE = REPO / "funasr_nano_hf"
+
+
+def _imported_modules(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_only_the_testing_package_imports_funasr():
+    offenders = [
+        str(path.relative_to(REPO))
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if PACKAGE / "testing" not in path.parents
+        and any(name == "funasr" or name.startswith("funasr.") for name in _imported_modules(path))
+    ]
+    assert offenders == [], f"the product imports funasr (an optional extra): {offenders}"
+
+
+BLOCK_FUNASR = """
+import importlib.abc, sys
+
+class _NoFunasr(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "funasr" or name.startswith("funasr."):
+            raise ImportError(f"funasr is not installed (blocked by the test): {name}")
+        return None
+
+sys.meta_path.insert(0, _NoFunasr())
+"""
+
+
+@pytest.mark.slow
+def test_load_finetune_transcribe_without_funasr(tmp_path):
+    rows = [json.loads(line) for line in (BUNDLED_DATA / "heldout.jsonl").read_text(encoding="utf-8").splitlines()]
+    for name, subset in (("train.jsonl", rows[:8]), ("valid.jsonl", rows[8:10])):
+        lines = [json.dumps({**row, "wav": str(BUNDLED_DATA / row["wav"])}, ensure_ascii=False) for row in subset]
+        (tmp_path / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    script = BLOCK_FUNASR + textwrap.dedent(f"""
+        import runpy
+        import funasr_nano_hf
+        from funasr_nano_hf.data.audio import load_audio
+        from peft import PeftModel
+
+        model_dir = {str(REPO / "examples" / "bundled" / "model")!r}
+        sys.argv = ["finetune.py", "--model_dir", model_dir, "--train_data", {str(tmp_path / "train.jsonl")!r},
+                    "--valid_data", {str(tmp_path / "valid.jsonl")!r}, "--output_dir", {str(out)!r},
+                    "--max_steps", "2", "--batch_size", "4", "--validate_interval", "2",
+                    "--save_checkpoint_interval", "2", "--eval_max_new_tokens", "4", "--use_cpu", "true",
+                    "--early_stopping_patience", "0", "--num_workers", "0"]
+        runpy.run_path({str(FINETUNE)!r}, run_name="__main__")
+        model, processor = funasr_nano_hf.load_pretrained(model_dir)
+        model = PeftModel.from_pretrained(model, {str(out / "final")!r}).eval()
+        waveform, _ = load_audio({str(BUNDLED_DATA / rows[0]["wav"])!r})
+        texts = funasr_nano_hf.transcribe(model, processor, [waveform], max_new_tokens=8)
+        assert "funasr" not in sys.modules, sorted(m for m in sys.modules if m.startswith("funasr."))
+        print("TRANSCRIPT", repr(texts[0]))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=900,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-6000:]
+    assert "TRANSCRIPT" in result.stdout
+    assert (out / "final" / "adapter_model.safetensors").is_file()
