@@ -1,9 +1,11 @@
-"""Fun-ASR-Nano on the Hugging Face stack.
+"""Fun-ASR-Nano on the Hugging Face stack: FunASR's speech recogniser as transformers classes, numerically equal.
 
+`load_pretrained` reads FunASR's ORIGINAL folder (config.yaml + model.pt + Qwen3-0.6B/) or an HF folder that
+`save_hf_folder` wrote; `transcribe` runs it; `conversion.export.export_funasr` writes the original layout back.
 `import funasr_nano_hf` registers our config/model/processor with the transformers Auto classes.
 """
 
-from .conversion import load_pretrained, save_pretrained
+from .conversion import load_pretrained, save_hf_folder
 from .errors import AudioError, CheckpointError, DataError, NonFiniteLossError, TrainingOutOfMemoryError
 from .inference import transcribe
 from .models import (
@@ -28,6 +30,6 @@ __all__ = [
     "FunAsrNanoHfModel",
     "FunAsrNanoHfProcessor",
     "load_pretrained",
-    "save_pretrained",
+    "save_hf_folder",
     "transcribe",
 ]

@@ -15,12 +15,12 @@ from ..models.configuration_funasr_nano import DTYPES
 
 
 def _convert_model(args: argparse.Namespace) -> int:
-    from ..conversion import detect_layout, load_pretrained, save_pretrained
+    from ..conversion import detect_layout, load_pretrained, save_hf_folder
 
     if detect_layout(args.original_dir) != "original":
         raise SystemExit(f"{args.original_dir}: not an original FunASR folder (config.yaml + model.pt)")
     model, processor = load_pretrained(args.original_dir, dtype=DTYPES[args.dtype])
-    out = save_pretrained(model, processor, args.out_dir)
+    out = save_hf_folder(model, processor, args.out_dir)
     extra = f", {len(model.funasr_extra_state)} extra tensors kept" if model.funasr_extra_state else ""
     print(f"wrote {out} ({args.dtype} LLM, fp32 audio encoder/adaptor{extra})")
     return 0

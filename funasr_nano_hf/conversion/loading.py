@@ -1,9 +1,10 @@
-"""`load_pretrained`: one entry point for the ORIGINAL FunASR folder and for our HF folders.
+"""Loading: `load_pretrained`, one entry point for the ORIGINAL FunASR folder and for our HF folders.
 
 The original folder is `config.yaml` + `model.pt` (`{"state_dict": ...}`) + `Qwen3-0.6B/` (LLM config and
-tokenizer; its weights live in model.pt) + optional `configuration.json`. An HF folder is what
-`save_pretrained` (or `funasr-nano-hf convert`) writes. Every failure names the file and, for weights,
-the key and shapes.
+tokenizer; its weights live in model.pt) + optional `configuration.json`; `load_original` reads it
+(original -> HF, names mapped by `original_layout`), and `export.export_funasr` writes one back (HF -> original).
+An HF folder is what `save_hf_folder` (or `funasr-nano-hf convert`) writes; `load_hf` reads it. Every failure
+names the file and, for weights, the key and shapes.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 import pickle
 import zipfile
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +24,16 @@ import yaml
 from transformers import AutoTokenizer
 from transformers.initialization import no_init_weights
 
+from ..errors import CheckpointError
 from ..models.configuration_funasr_nano import FunAsrNanoHfConfig
 from ..models.feature_extraction_funasr_nano import FunAsrNanoHfFeatureExtractor
 from ..models.modeling_funasr_nano import FunAsrNanoHfForConditionalGeneration
 from ..models.processing_funasr_nano import FunAsrNanoHfProcessor
-from .original_layout import encoder_layout, feature_extractor_kwargs, hf_config_from_original, original_to_hf
-from ..errors import CheckpointError
+from .original_layout import feature_extractor_kwargs, hf_config_from_original, layout_from_config, original_to_hf
 
 logger = logging.getLogger(__name__)
 
+# The placeholder token FunASR's prompt puts where the audio goes (one per audio frame the LLM sees).
 AUDIO_TOKEN = "<|object_ref_start|>"
 
 
@@ -63,7 +66,9 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: unreadable JSON ({err})") from err
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_config_yaml(path: str | Path) -> dict[str, Any]:
+    """FunASR's config.yaml as a dict (safe YAML: no Python objects); unreadable or non-mapping files are refused."""
+    path = Path(path)
     try:
         conf = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
@@ -97,6 +102,7 @@ def read_model_pt(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def _llm_dir(folder: Path, yaml_conf: dict[str, Any]) -> Path:
+    """The LLM folder (config.json + tokenizer) named by `llm_conf.init_param_path`, resolved inside `folder`."""
     name = (yaml_conf.get("llm_conf") or {}).get("init_param_path") or "Qwen3-0.6B"
     candidate = Path(name) if Path(name).is_absolute() else folder / name
     if not candidate.is_dir():
@@ -107,6 +113,7 @@ def _llm_dir(folder: Path, yaml_conf: dict[str, Any]) -> Path:
 
 
 def _check_and_fill(model: torch.nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
+    """Copy `state` into `model`, refusing unknown keys, wrong shapes and missing tensors (naming `source`)."""
     expected = model.state_dict()
     for key, value in state.items():
         if key not in expected:
@@ -124,7 +131,7 @@ def _check_and_fill(model: torch.nn.Module, state: dict[str, torch.Tensor], sour
 
 
 @contextlib.contextmanager
-def _whole_model_under_zero3():
+def _whole_model_under_zero3() -> Iterator[None]:
     """Build the model whole even when a DeepSpeed ZeRO-3 config is active (transformers would partition
     the sub-models at construction, and model.pt could not be copied in); ZeRO-3 partitions it when the
     Trainer wraps it."""
@@ -141,8 +148,13 @@ def _whole_model_under_zero3():
 def load_original(
     model_dir: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
 ) -> tuple[FunAsrNanoHfForConditionalGeneration, FunAsrNanoHfProcessor]:
+    """(model, processor) from an ORIGINAL FunASR folder; `dtype` is the LLM's (see `load_pretrained`).
+
+    Tensors of model.pt the HF model has no place for (FunASR's CTC branch) are kept in
+    `model.funasr_extra_state`, and config.yaml in `model.config.funasr_config`.
+    """
     folder = Path(model_dir)
-    yaml_conf = _read_yaml(folder / "config.yaml")
+    yaml_conf = read_config_yaml(folder / "config.yaml")
     llm_dir = _llm_dir(folder, yaml_conf)
     qwen_config = _read_json(llm_dir / "config.json")
     try:
@@ -160,7 +172,7 @@ def load_original(
 
     state = read_model_pt(folder / "model.pt")
     try:
-        ours, extras = original_to_hf(state, encoder_layout(yaml_conf))
+        ours, extras = original_to_hf(state, layout_from_config(yaml_conf))
     except KeyError as err:
         raise CheckpointError(f"{folder / 'model.pt'}: {err}") from err
     if config.tie_word_embeddings and "lm_head.weight" in ours:
@@ -182,7 +194,7 @@ def load_original(
     model.generation_config.eos_token_id = [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.pad_token_id]
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.do_sample = False
-    model = _to_dtype(model, dtype).to(device).eval()
+    model = _cast_llm(model, dtype).to(device).eval()
 
     processor = FunAsrNanoHfProcessor(
         FunAsrNanoHfFeatureExtractor(**feature_extractor_kwargs(yaml_conf)),
@@ -194,7 +206,9 @@ def load_original(
     return model, processor
 
 
-def _to_dtype(model: FunAsrNanoHfForConditionalGeneration, dtype: torch.dtype):
+def _cast_llm(
+    model: FunAsrNanoHfForConditionalGeneration, dtype: torch.dtype
+) -> FunAsrNanoHfForConditionalGeneration:
     """Cast the LLM only: the audio encoder and adaptor stay fp32 as in FunASR."""
     model.model.language_model.to(dtype)
     model.lm_head.to(dtype)
@@ -219,7 +233,7 @@ def _stored_llm_dtype(folder: Path) -> torch.dtype:
 def load_hf(
     model_dir: str | Path, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
 ) -> tuple[FunAsrNanoHfForConditionalGeneration, FunAsrNanoHfProcessor]:
-    """dtype None keeps the stored dtype of the LLM weights."""
+    """(model, processor) from an HF folder; dtype None keeps the stored dtype of the LLM weights."""
     folder = Path(model_dir)
     dtype = dtype or _stored_llm_dtype(folder)
     try:
@@ -227,7 +241,7 @@ def load_hf(
         processor = FunAsrNanoHfProcessor.from_pretrained(str(folder))
     except (OSError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"{folder}: cannot load the HF folder ({err})") from err
-    model = _to_dtype(model, dtype) if dtype is not None else model
+    model = _cast_llm(model, dtype) if dtype is not None else model
     return model.to(device).eval(), processor
 
 
@@ -244,8 +258,11 @@ def load_pretrained(
     return load_hf(path, dtype=dtype, device=device)
 
 
-def save_pretrained(model: FunAsrNanoHfForConditionalGeneration, processor: FunAsrNanoHfProcessor, out_dir) -> Path:
-    """Write an HF folder (model, processor, extras) that `load_pretrained` and the Auto classes read."""
+def save_hf_folder(
+    model: FunAsrNanoHfForConditionalGeneration, processor: FunAsrNanoHfProcessor, out_dir: str | Path
+) -> Path:
+    """Write an HF folder (model, processor, extra tensors) that `load_pretrained` and the Auto classes read;
+    returns its path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))

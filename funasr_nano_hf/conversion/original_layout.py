@@ -1,28 +1,33 @@
-"""The ORIGINAL FunASR layout <-> our transformers layout: config and tensor names, both ways.
+"""FunASR's ORIGINAL layout <-> our transformers layout: the config, and every tensor name both ways.
 
-One rule table serves loading and export, so a name that maps one way maps back the same way.
-Original keys (FunASR `FunASRNano.state_dict()`):
-  audio_encoder.encoders0.0.* (layer 0, input 560) / encoders.{i}.* / tp_encoders.{j}.*,
+Original tensor names (FunASR `FunASRNano.state_dict()`):
+  audio_encoder.encoders0.0.* (block 0, input 560) / encoders.{i}.* / tp_encoders.{j}.*,
   audio_encoder.after_norm / tp_norm, audio_adaptor.linear1/2 + blocks.{k}.*, llm.model.*, llm.lm_head.*
 Ours: model.audio_tower.layers.{n}.*, model.multi_modal_projector.*, model.language_model.*, lm_head.*
-Anything else (FunASR's CTC branch `ctc_decoder.*`, `ctc.*`) has no place in the HF model and is
-returned separately so export can write it back unchanged.
+
+Names map through ONE rule table, `rename_rules(layout)`: (original prefix, HF prefix) pairs, read left to right
+by `original_to_hf` (loading) and right to left by `hf_to_original` (export), so a name that maps one way maps
+back the same way; the table is refused if it is not one-to-one. The one step that is not a rename is FunASR's
+fused encoder projection `self_attn.linear_q_k_v` (rows q|k|v): loading splits it into the `linear_q/k/v`
+the table names, export fuses those back. Tensors outside the model (FunASR's CTC branch `ctc_decoder.*`,
+`ctc.*`) have no place in the HF model: loading returns them separately so they can be written back unchanged.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ..models.configuration_funasr_nano import FunAsrNanoHfConfig
+from ..models.configuration_funasr_nano import DTYPES, FunAsrNanoHfConfig
 
+# Every tensor under these prefixes belongs to the model and must map; anything else is kept aside.
 MODEL_PREFIXES = ("audio_encoder.", "audio_adaptor.", "llm.")
 
-# Per-layer renames shared by the encoder (SAN-M) and adaptor (plain MHA) blocks.
-_LAYER_RENAMES = (
+# Parameter names inside one block (original, ours): shared by the encoder's SAN-M blocks and the adaptor's
+# attention blocks.
+BLOCK_RULES: tuple[tuple[str, str], ...] = (
     ("self_attn.linear_out.", "self_attn.o_proj."),
     ("self_attn.linear_q.", "self_attn.q_proj."),
     ("self_attn.linear_k.", "self_attn.k_proj."),
@@ -33,114 +38,151 @@ _LAYER_RENAMES = (
     ("norm1.", "input_layernorm."),
     ("norm2.", "post_attention_layernorm."),
 )
-_FUSED_QKV = "self_attn.linear_q_k_v."
+
+# FunASR's SAN-M encoder blocks store q, k and v as one tensor (rows q|k|v) under FUSED_QKV.
+FUSED_QKV = "self_attn.linear_q_k_v."
+SPLIT_QKV = ("self_attn.linear_q.", "self_attn.linear_k.", "self_attn.linear_v.")
+_FUSED_STACK = "audio_encoder."
 
 
 @dataclass(frozen=True)
-class EncoderLayout:
-    """Where FunASR's three encoder stacks sit in transformers' single list of layers."""
+class OriginalLayout:
+    """How many blocks each of FunASR's stacks has: the names of the tensors depend on it, because
+    transformers keeps the encoder's three stacks (encoders0, encoders, tp_encoders) as ONE list of layers."""
 
-    num_blocks: int  # encoders0 (1) + encoders (num_blocks - 1)
+    num_blocks: int  # encoders0 (1 block) + encoders (num_blocks - 1)
     tp_blocks: int
+    adaptor_blocks: int
 
-    def original_to_index(self, stack: str, index: int) -> int:
-        return {"encoders0": index, "encoders": 1 + index, "tp_encoders": self.num_blocks + index}[stack]
-
-    def index_to_original(self, index: int) -> tuple[str, int]:
-        if index == 0:
-            return "encoders0", 0
-        if index < self.num_blocks:
-            return "encoders", index - 1
-        return "tp_encoders", index - self.num_blocks
-
-    @property
-    def final_norms(self) -> dict[str, int]:
-        return {"after_norm": self.num_blocks - 1, "tp_norm": self.num_blocks + self.tp_blocks - 1}
+    def block_prefixes(self) -> list[tuple[str, str]]:
+        """(original, HF) name prefix of every block: the encoder's, in the order of `model.audio_tower.layers`,
+        then the adaptor's."""
+        encoder = ["encoders0.0"] + [f"encoders.{i}" for i in range(self.num_blocks - 1)]
+        encoder += [f"tp_encoders.{j}" for j in range(self.tp_blocks)]
+        adaptor = range(self.adaptor_blocks)
+        return [(f"audio_encoder.{name}.", f"model.audio_tower.layers.{n}.") for n, name in enumerate(encoder)] + [
+            (f"audio_adaptor.blocks.{k}.", f"model.multi_modal_projector.layers.{k}.") for k in adaptor
+        ]
 
 
-def _rename_layer_param(rest: str, forward: bool) -> str:
-    for original, ours in _LAYER_RENAMES:
-        source, target = (original, ours) if forward else (ours, original)
-        if rest.startswith(source):
-            return target + rest[len(source) :]
-    raise KeyError(rest)
+def layout_from_config(yaml_conf: dict[str, Any]) -> OriginalLayout:
+    """The block counts in FunASR's config.yaml: `audio_encoder_conf.num_blocks` / `tp_blocks` and
+    `audio_adaptor_conf.n_layer`."""
+    enc = yaml_conf["audio_encoder_conf"]
+    return OriginalLayout(
+        num_blocks=int(enc["num_blocks"]),
+        tp_blocks=int(enc.get("tp_blocks", 0)),
+        adaptor_blocks=int(yaml_conf["audio_adaptor_conf"].get("n_layer", 2)),
+    )
+
+
+def rename_rules(layout: OriginalLayout) -> list[tuple[str, str]]:
+    """The rule table: (original prefix, HF prefix) pairs. A name maps by the rule whose prefix it starts with.
+
+    Only the last block of each encoder stack normalises its output in transformers, so FunASR's
+    `after_norm` / `tp_norm` become that layer's `final_layernorm`.
+    """
+    blocks = layout.block_prefixes()
+    last_encoder, last_tp = layout.num_blocks - 1, layout.num_blocks + layout.tp_blocks - 1
+    return [(block + original, layer + ours) for block, layer in blocks for original, ours in BLOCK_RULES] + [
+        ("audio_encoder.after_norm.", f"model.audio_tower.layers.{last_encoder}.final_layernorm."),
+        ("audio_encoder.tp_norm.", f"model.audio_tower.layers.{last_tp}.final_layernorm."),
+        ("audio_adaptor.linear1.", "model.multi_modal_projector.linear_1."),
+        ("audio_adaptor.linear2.", "model.multi_modal_projector.linear_2."),
+        ("llm.model.", "model.language_model."),
+        ("llm.lm_head.", "lm_head."),
+    ]
+
+
+def _prefix_map(pairs: list[tuple[str, str]]) -> dict[str, str]:
+    """`pairs` as a lookup, refused unless one-to-one and no source prefix starts another (so every name
+    has at most one rule, and the reversed pairs map every result back)."""
+    table = dict(pairs)
+    if len(table) != len(pairs) or len(set(table.values())) != len(pairs):
+        raise ValueError("the rename rules are not one-to-one")
+    names = sorted(table)
+    for shorter, longer in zip(names, names[1:]):
+        if longer.startswith(shorter):
+            raise ValueError(f"the rename rules {shorter!r} and {longer!r} overlap")
+    return table
+
+
+def _rename(key: str, table: dict[str, str]) -> str | None:
+    """`key` with its rule's prefix replaced, or None if no rule applies (every rule prefix ends at a dot)."""
+    end = len(key)
+    while (end := key.rfind(".", 0, end)) >= 0:
+        target = table.get(key[: end + 1])
+        if target is not None:
+            return target + key[end + 1 :]
+    return None
+
+
+def _split_qkv(key: str, value: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+    """A fused encoder `linear_q_k_v` tensor as its three `linear_q/k/v` parts; any other tensor as is."""
+    head, fused, tail = key.partition(FUSED_QKV)
+    if not fused or not key.startswith(_FUSED_STACK):
+        return [(key, value)]
+    return [(head + name + tail, part.contiguous()) for name, part in zip(SPLIT_QKV, value.chunk(3, dim=0))]
+
+
+def _fuse_qkv(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Inverse of `_split_qkv` over a state dict in original names."""
+    fused: dict[str, torch.Tensor] = {}
+    parts: dict[str, dict[int, torch.Tensor]] = {}
+    for key, value in state.items():
+        for index, name in enumerate(SPLIT_QKV):
+            head, found, tail = key.partition(name)
+            if found and key.startswith(_FUSED_STACK):
+                parts.setdefault(head + FUSED_QKV + tail, {})[index] = value
+                break
+        else:
+            fused[key] = value
+    for key, qkv in parts.items():
+        if len(qkv) != len(SPLIT_QKV):
+            raise KeyError(f"{key}: needs all of q, k and v to fuse")
+        fused[key] = torch.cat([qkv[index] for index in range(len(SPLIT_QKV))], dim=0)
+    return fused
 
 
 def original_to_hf(
-    state: dict[str, torch.Tensor], layout: EncoderLayout
+    state: dict[str, torch.Tensor], layout: OriginalLayout
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Rename (and split FunASR's fused q|k|v) -> (our state dict, tensors we have no place for)."""
+    """Loading: FunASR's state dict -> (our state dict, the tensors the HF model has no place for)."""
+    to_hf = _prefix_map(rename_rules(layout))
     ours: dict[str, torch.Tensor] = {}
     extras: dict[str, torch.Tensor] = {}
     for key, value in state.items():
-        if match := re.fullmatch(r"audio_encoder\.(encoders0|encoders|tp_encoders)\.(\d+)\.(.+)", key):
-            stack, index, rest = match.group(1), int(match.group(2)), match.group(3)
-            prefix = f"model.audio_tower.layers.{layout.original_to_index(stack, index)}."
-            if rest.startswith(_FUSED_QKV):
-                kind = rest[len(_FUSED_QKV) :]
-                for name, part in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3, dim=0)):
-                    ours[f"{prefix}self_attn.{name}.{kind}"] = part.contiguous()
+        for name, tensor in _split_qkv(key, value):
+            if (target := _rename(name, to_hf)) is not None:
+                ours[target] = tensor
+            elif key.startswith(MODEL_PREFIXES):
+                raise KeyError(f"model.pt key {key!r} belongs to the model but matches no known Fun-ASR-Nano name")
             else:
-                ours[prefix + _rename_layer_param(rest, forward=True)] = value
-        elif match := re.fullmatch(r"audio_encoder\.(after_norm|tp_norm)\.(weight|bias)", key):
-            index = layout.final_norms[match.group(1)]
-            ours[f"model.audio_tower.layers.{index}.final_layernorm.{match.group(2)}"] = value
-        elif match := re.fullmatch(r"audio_adaptor\.linear([12])\.(.+)", key):
-            ours[f"model.multi_modal_projector.linear_{match.group(1)}.{match.group(2)}"] = value
-        elif match := re.fullmatch(r"audio_adaptor\.blocks\.(\d+)\.(.+)", key):
-            rest = _rename_layer_param(match.group(2), forward=True)
-            ours[f"model.multi_modal_projector.layers.{match.group(1)}.{rest}"] = value
-        elif key.startswith("llm.model."):
-            ours["model.language_model." + key[len("llm.model.") :]] = value
-        elif key == "llm.lm_head.weight":
-            ours["lm_head.weight"] = value
-        elif key.startswith(MODEL_PREFIXES):
-            raise KeyError(f"model.pt key {key!r} belongs to the model but matches no known Fun-ASR-Nano name")
-        else:
-            extras[key] = value
+                extras[key] = value
     return ours, extras
 
 
-def hf_to_original(state: dict[str, torch.Tensor], layout: EncoderLayout) -> dict[str, torch.Tensor]:
-    """Inverse of `original_to_hf` (fusing q|k|v back)."""
+def hf_to_original(state: dict[str, torch.Tensor], layout: OriginalLayout) -> dict[str, torch.Tensor]:
+    """Export: our state dict -> FunASR's names (the rule table read right to left), q|k|v fused back."""
+    to_original = _prefix_map([(ours, original) for original, ours in rename_rules(layout)])
     original: dict[str, torch.Tensor] = {}
-    qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
-    norms = {index: name for name, index in layout.final_norms.items()}
     for key, value in state.items():
-        if match := re.fullmatch(r"model\.audio_tower\.layers\.(\d+)\.(.+)", key):
-            index, rest = int(match.group(1)), match.group(2)
-            if rest.startswith("final_layernorm."):
-                original[f"audio_encoder.{norms[index]}.{rest.split('.', 1)[1]}"] = value
-                continue
-            stack, local = layout.index_to_original(index)
-            prefix = f"audio_encoder.{stack}.{local}."
-            if qkv_match := re.fullmatch(r"self_attn\.([qkv])_proj\.(weight|bias)", rest):
-                qkv.setdefault((prefix, qkv_match.group(2)), {})[qkv_match.group(1)] = value
-            else:
-                original[prefix + _rename_layer_param(rest, forward=False)] = value
-        elif match := re.fullmatch(r"model\.multi_modal_projector\.linear_([12])\.(.+)", key):
-            original[f"audio_adaptor.linear{match.group(1)}.{match.group(2)}"] = value
-        elif match := re.fullmatch(r"model\.multi_modal_projector\.layers\.(\d+)\.(.+)", key):
-            original[f"audio_adaptor.blocks.{match.group(1)}.{_rename_layer_param(match.group(2), False)}"] = value
-        elif key.startswith("model.language_model."):
-            original["llm.model." + key[len("model.language_model.") :]] = value
-        elif key == "lm_head.weight":
-            original["llm.lm_head.weight"] = value
-        else:
+        if (target := _rename(key, to_original)) is None:
             raise KeyError(f"no original name for {key!r}")
-    for (prefix, kind), parts in qkv.items():
-        original[f"{prefix}{_FUSED_QKV}{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
-    return original
-
-
-def encoder_layout(yaml_conf: dict[str, Any]) -> EncoderLayout:
-    enc = yaml_conf["audio_encoder_conf"]
-    return EncoderLayout(num_blocks=int(enc["num_blocks"]), tp_blocks=int(enc.get("tp_blocks", 0)))
+        original[target] = value
+    return _fuse_qkv(original)
 
 
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise ValueError(f"config.yaml: {message}")
+
+
+def _rope_rounding_dtype(llm_dtype: str) -> str | None:
+    """`rope_inv_freq_dtype` for FunASR's `llm_dtype`: the torch name ("bfloat16") of the dtype FunASR casts the
+    LLM to at build time, which rounds the RoPE frequencies; None for fp32 (nothing is rounded)."""
+    dtype = DTYPES.get(llm_dtype, torch.float32)
+    return None if dtype == torch.float32 else str(dtype).removeprefix("torch.")
 
 
 def hf_config_from_original(
@@ -159,12 +201,17 @@ def hf_config_from_original(
     llm_conf = yaml_conf.get("llm_conf", {})
     _require(int(enc.get("sanm_shfit", 0)) == 0, "audio_encoder_conf.sanm_shfit != 0 is not supported")
     _require(
-        enc.get("selfattention_layer_type", "sanm") == "sanm", "audio_encoder_conf.selfattention_layer_type must be sanm"
+        enc.get("selfattention_layer_type", "sanm") == "sanm",
+        "audio_encoder_conf.selfattention_layer_type must be sanm",
     )
     _require(int(adaptor.get("downsample_rate", 1)) == 1, "audio_adaptor_conf.downsample_rate != 1 is not supported")
     _require(frontend.get("cmvn_file") in (None, "null"), "frontend_conf.cmvn_file (CMVN) is not supported")
+    layout = layout_from_config(yaml_conf)
+    # FunASR applies after_norm, then the timestamp stack, then tp_norm; with no timestamp block transformers
+    # would have one layer norm for both.
+    _require(layout.tp_blocks >= 1, "audio_encoder_conf.tp_blocks < 1 is not supported")
     llm_hidden = int(qwen_config["hidden_size"])
-    layout = encoder_layout(yaml_conf)
+    llm_dtype = llm_conf.get("llm_dtype", "fp32")
     text_config = {key: value for key, value in qwen_config.items() if key not in ("architectures", "torch_dtype")}
     return FunAsrNanoHfConfig(
         audio_config={
@@ -187,7 +234,7 @@ def hf_config_from_original(
             "hidden_size": llm_hidden,
             "num_attention_heads": int(adaptor.get("attention_heads", 8)),
             "intermediate_size": llm_hidden // 4,
-            "num_hidden_layers": int(adaptor.get("n_layer", 2)),
+            "num_hidden_layers": layout.adaptor_blocks,
             "projector_hidden_size": int(adaptor.get("ffn_dim", 2048)),
             "hidden_dropout": float(adaptor.get("dropout_rate", 0.0)),
             "attention_dropout": float(adaptor.get("attention_dropout_rate", 0.0)),
@@ -196,13 +243,14 @@ def hf_config_from_original(
         text_config=text_config,
         audio_token_id=audio_token_id,
         audio_token_rule="low_frame_rate" if adaptor.get("use_low_frame_rate", False) else "all_frames",
-        rope_inv_freq_dtype={"bf16": "bfloat16", "fp16": "float16"}.get(llm_conf.get("llm_dtype", "fp32")),
-        llm_dtype=llm_conf.get("llm_dtype", "fp32"),
+        rope_inv_freq_dtype=_rope_rounding_dtype(llm_dtype),
+        llm_dtype=llm_dtype,
         tie_word_embeddings=bool(qwen_config.get("tie_word_embeddings", True)),
     )
 
 
 def feature_extractor_kwargs(yaml_conf: dict[str, Any]) -> dict[str, Any]:
+    """`FunAsrNanoHfFeatureExtractor` arguments from config.yaml's `frontend_conf` (FunASR's `WavFrontend`)."""
     frontend = yaml_conf.get("frontend_conf", {})
     return {
         "feature_size": int(frontend.get("n_mels", 80)),

@@ -1,4 +1,7 @@
-"""Fun-ASR-Nano model classes (importing this registers them with the transformers Auto classes)."""
+"""Fun-ASR-Nano model classes: transformers' `fun_asr_nano` classes subclassed to compute what FunASR computes.
+
+Importing this registers them with the transformers Auto classes under the model type `funasr_nano_hf`.
+"""
 
 from .configuration_funasr_nano import FunAsrNanoHfConfig
 from .feature_extraction_funasr_nano import FunAsrNanoHfFeatureExtractor

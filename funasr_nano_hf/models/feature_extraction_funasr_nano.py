@@ -10,22 +10,27 @@ default is 1.0, which a training run can ask for as augmentation.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torchaudio
 from transformers.models.fun_asr_nano.feature_extraction_fun_asr_nano import FunAsrNanoFeatureExtractor
 
+# FunASR's `upsacle_samples`: the [-1, 1] waveform as 16-bit sample values.
 WAVEFORM_SCALE = 32768.0
 
 
 class FunAsrNanoHfFeatureExtractor(FunAsrNanoFeatureExtractor):
     r"""
+    transformers' Fun-ASR-Nano feature extractor giving FunASR's features bit for bit (see the module docstring).
+
     Args:
         dither (`float`, defaults to 0.0): Kaldi dither; FunASR's frontend default is 1.0 (random features).
         upscale_samples (`bool`, defaults to True): multiply the waveform by 32768 as FunASR does.
         (other arguments as `FunAsrNanoFeatureExtractor`)
     """
 
-    def __init__(self, *args, dither: float = 0.0, upscale_samples: bool = True, **kwargs):
+    def __init__(self, *args: Any, dither: float = 0.0, upscale_samples: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.dither = dither
         self.upscale_samples = upscale_samples
@@ -49,13 +54,6 @@ class FunAsrNanoHfFeatureExtractor(FunAsrNanoFeatureExtractor):
             sample_frequency=self.sampling_rate,
             snip_edges=True,
         )
-
-    def num_lfr_frames(self, num_samples: int) -> int:
-        """LFR frames for a clip of `num_samples` (no audio work): ceil(fbank frames / stride)."""
-        shift = int(self.sampling_rate * self.frame_shift / 1000)
-        window = min(int(self.sampling_rate * self.frame_length / 1000), num_samples)
-        fbank = 1 + (num_samples - window) // shift
-        return -(-fbank // self.stride_lfr)
 
 
 __all__ = ["FunAsrNanoHfFeatureExtractor"]

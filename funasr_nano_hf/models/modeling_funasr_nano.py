@@ -1,6 +1,6 @@
 """Fun-ASR-Nano as FunASR computes it, on transformers' `fun_asr_nano` classes.
 
-Thin subclasses; each change is one of the parity fixes listed in `configuration_funasr_nano.py`:
+Thin subclasses; each change makes the output match FunASR's (measured against FunASR 1.4.16, same weights):
 - the adaptor masks padding frames (stock transformers leaves its attention mask unset);
 - the LLM receives the FIRST ceil(T_lfr/8) adaptor frames of each clip (`audio_token_rule`);
 - RoPE inverse frequencies are rounded to bf16 as FunASR's build-time cast leaves them;
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -22,14 +23,25 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.fun_asr_nano.modeling_fun_asr_nano import (
     FunAsrNanoForConditionalGeneration,
     FunAsrNanoModel,
+    FunAsrNanoModelOutputWithPast,
     FunAsrNanoPreTrainedModel,
 )
 
 from .configuration_funasr_nano import FunAsrNanoHfConfig
 from .processing_funasr_nano import audio_token_count
 
+# Beside model.safetensors: the tensors the HF model has no place for (FunASR's CTC branch), kept for export.
 EXTRA_STATE_FILE = "funasr_extra_state.safetensors"
-_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+# The audio path (encoder, adaptor): fp32 whatever dtype the LLM runs in, as in FunASR.
+AUDIO_MODULES = ("audio_tower", "multi_modal_projector")
+
+
+def _rope_rounding_dtype(name: str) -> torch.dtype:
+    """The torch dtype that `rope_inv_freq_dtype` names ("bfloat16" -> torch.bfloat16)."""
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"rope_inv_freq_dtype must name a torch dtype (e.g. 'bfloat16'), got {name!r}")
+    return dtype
 
 
 def _rounded_rotary_class(base: type[nn.Module], dtype: torch.dtype) -> type[nn.Module]:
@@ -50,6 +62,9 @@ def _rounded_rotary_class(base: type[nn.Module], dtype: torch.dtype) -> type[nn.
 @dataclass
 class FunAsrNanoHfAudioOutput(BaseModelOutputWithPooling):
     r"""
+    The audio path's outputs, with every adaptor frame and the count the LLM sees (the frozen-path cache
+    stores them).
+
     adaptor_hidden_states (`torch.Tensor` of shape `(batch, frames, llm_hidden)`): every adaptor frame.
     audio_token_lengths (`torch.LongTensor` of shape `(batch,)`): frames given to the LLM per clip.
     """
@@ -59,10 +74,13 @@ class FunAsrNanoHfAudioOutput(BaseModelOutputWithPooling):
 
 
 class FunAsrNanoHfModel(FunAsrNanoModel):
-    config_class = FunAsrNanoHfConfig
-    _keep_in_fp32_modules_strict = ["audio_tower", "multi_modal_projector"]
+    """transformers' `FunAsrNanoModel` computing what FunASR computes: adaptor padding mask, FunASR's audio
+    frames for the LLM, rounded RoPE frequencies; also accepts precomputed audio frames (`audio_embeds`)."""
 
-    def __init__(self, config: FunAsrNanoHfConfig):
+    config_class = FunAsrNanoHfConfig
+    _keep_in_fp32_modules_strict = list(AUDIO_MODULES)
+
+    def __init__(self, config: FunAsrNanoHfConfig) -> None:
         super().__init__(config)
         # transformers never sets an attention implementation on the adaptor's config (no PreTrainedModel
         # owns it), so `create_bidirectional_mask` returns None and the adaptor attends to padding frames:
@@ -74,7 +92,7 @@ class FunAsrNanoHfModel(FunAsrNanoModel):
                 raise ValueError(
                     f"rope_inv_freq_dtype rounding supports the default RoPE only, got {rotary.rope_type!r}"
                 )
-            rounded = _rounded_rotary_class(type(rotary), _DTYPES[config.rope_inv_freq_dtype])
+            rounded = _rounded_rotary_class(type(rotary), _rope_rounding_dtype(config.rope_inv_freq_dtype))
             self.language_model.rotary_emb = rounded(config=self.language_model.config).to(rotary.inv_freq.device)
 
     def get_audio_features(
@@ -99,7 +117,6 @@ class FunAsrNanoHfModel(FunAsrNanoModel):
             audio_token_lengths=lengths,
         )
 
-
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -108,7 +125,7 @@ class FunAsrNanoHfModel(FunAsrNanoModel):
         audio_embeds: torch.Tensor | None = None,
         audio_embeds_mask: torch.Tensor | None = None,
         **kwargs,
-    ):
+    ) -> FunAsrNanoModelOutputWithPast:
         """`audio_embeds` [batch, tokens, llm_hidden] (+ mask): the adaptor frames the LLM sees, precomputed
         (frozen-path caching) — they replace the audio encoder and adaptor."""
         if audio_embeds is None:
@@ -128,10 +145,13 @@ class FunAsrNanoHfModel(FunAsrNanoModel):
 
 
 class FunAsrNanoHfForConditionalGeneration(FunAsrNanoForConditionalGeneration):
-    config_class = FunAsrNanoHfConfig
-    _keep_in_fp32_modules_strict = ["audio_tower", "multi_modal_projector"]
+    """transformers' `FunAsrNanoForConditionalGeneration` on `FunAsrNanoHfModel`, keeping FunASR's extra tensors
+    (`funasr_extra_state`) through save/load so export can write them back."""
 
-    def __init__(self, config: FunAsrNanoHfConfig):
+    config_class = FunAsrNanoHfConfig
+    _keep_in_fp32_modules_strict = list(AUDIO_MODULES)
+
+    def __init__(self, config: FunAsrNanoHfConfig) -> None:
         # Same body as the parent's __init__, with our inner model (building the parent's first would
         # allocate the whole 0.8B model twice).
         FunAsrNanoPreTrainedModel.__init__(self, config)
@@ -141,18 +161,19 @@ class FunAsrNanoHfForConditionalGeneration(FunAsrNanoForConditionalGeneration):
         # Weights that the HF model has no place for (e.g. FunASR's CTC branch), kept for export.
         self.funasr_extra_state: dict[str, torch.Tensor] = {}
 
-    def train(self, mode: bool = True):
+    def train(self, mode: bool = True) -> FunAsrNanoHfForConditionalGeneration:
         """Frozen audio modules stay in eval mode: their outputs are then deterministic (no dropout), which
         frozen-path caching relies on. FunASR's trainer calls `model.train()` every epoch and so runs its
         frozen encoder with dropout 0.1 — a deliberate difference."""
         super().train(mode)
         if mode:
-            for module in (self.model.audio_tower, self.model.multi_modal_projector):
+            for module in (getattr(self.model, name) for name in AUDIO_MODULES):
                 if not any(p.requires_grad for p in module.parameters()):
                     module.eval()
         return self
 
-    def save_pretrained(self, save_directory, *args, **kwargs):
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
+        """transformers' save, plus `funasr_extra_state` (if any) in EXTRA_STATE_FILE."""
         super().save_pretrained(save_directory, *args, **kwargs)
         if self.funasr_extra_state and kwargs.get("is_main_process", True):
             save_file(
@@ -161,7 +182,10 @@ class FunAsrNanoHfForConditionalGeneration(FunAsrNanoForConditionalGeneration):
             )
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any
+    ) -> FunAsrNanoHfForConditionalGeneration:
+        """transformers' load, plus `funasr_extra_state` from EXTRA_STATE_FILE when the folder has one."""
         model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         extra = os.path.join(str(pretrained_model_name_or_path), EXTRA_STATE_FILE)
         if os.path.isfile(extra):

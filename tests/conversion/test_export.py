@@ -57,7 +57,8 @@ def test_export_round_trip_funasr_transcribes_like_us(tiny_original_dir, adapter
                            for k in changed), changed
     for key in base:
         assert exported[key].dtype == base[key].dtype, key
-    for key in ("ctc.ctc_lo.weight", "ctc.ctc_lo.bias", "ctc_decoder.linear1.weight", "audio_encoder.after_norm.weight"):
+    for key in ("ctc.ctc_lo.weight", "ctc.ctc_lo.bias", "ctc_decoder.linear1.weight",
+                "audio_encoder.after_norm.weight"):
         assert torch.equal(exported[key], base[key])
 
     model, processor = load_pretrained(tiny_original_dir)

@@ -124,8 +124,11 @@ def test_shape_mismatch_names_key_and_shapes(tiny_original_dir, tmp_path):
     conf = yaml.safe_load((folder / "config.yaml").read_text())
     conf["audio_encoder_conf"]["linear_units"] = 32
     (folder / "config.yaml").write_text(yaml.safe_dump(conf, allow_unicode=True))
-    with pytest.raises(CheckpointError, match=r"model\.pt: tensor for 'model\.audio_tower\.layers\.0\.mlp\.fc1\.weight' "
-                                              r"has shape \(64, 32\), the config gives \(32, 32\)"):
+    message = (
+        r"model\.pt: tensor for 'model\.audio_tower\.layers\.0\.mlp\.fc1\.weight' "
+        r"has shape \(64, 32\), the config gives \(32, 32\)"
+    )
+    with pytest.raises(CheckpointError, match=message):
         load_pretrained(folder)
 
 

@@ -13,12 +13,12 @@ import soundfile as sf
 import torch
 
 from funasr_nano_hf import load_pretrained
-from funasr_nano_hf.testing.funasr_checkpoint import write_original_checkpoint
 from funasr_nano_hf.conversion.loading import read_model_pt
-from funasr_nano_hf.conversion.original_layout import encoder_layout, hf_to_original, original_to_hf
+from funasr_nano_hf.conversion.original_layout import hf_to_original, layout_from_config, original_to_hf
 from funasr_nano_hf.data.collator import FunAsrNanoCollator
 from funasr_nano_hf.inference import generate_ids
 from funasr_nano_hf.models import prompting
+from funasr_nano_hf.testing.funasr_checkpoint import write_original_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -50,14 +50,14 @@ def test_every_tensor_maps_both_ways(real_dir, real_pair):
     conf = yaml.safe_load((real_dir / "config.yaml").read_text())
     original = read_model_pt(real_dir / "model.pt")
     assert len(original) == 1261  # encoder 914 + adaptor 36 + llm 311, as the released file
-    ours, extras = original_to_hf(original, encoder_layout(conf))
+    ours, extras = original_to_hf(original, layout_from_config(conf))
     assert extras == {}
     expected = model.state_dict()
     assert set(ours) == set(expected)
     for key, value in ours.items():
         assert tuple(value.shape) == tuple(expected[key].shape), key
     assert sum(p.numel() for p in model.parameters()) == 829_791_840
-    back = hf_to_original({k: v.to(torch.bfloat16) for k, v in expected.items()}, encoder_layout(conf))
+    back = hf_to_original({k: v.to(torch.bfloat16) for k, v in expected.items()}, layout_from_config(conf))
     assert set(back) == set(original)
     for key, value in original.items():
         assert torch.equal(back[key], value), key
