@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Featurisation throughput (audio-seconds per wall-second) at num_proc 1 and 2, and the cached re-run
+"""Featurization throughput (audio-seconds per wall-second) at num_proc 1 and 2, and the cached re-run
 time as a fraction of the first, measured side by side in one run.
 
 The processor is Fun-ASR-Nano's (FunASR fbank/LFR + the real Qwen3 tokenizer, built offline). Each

@@ -1,4 +1,4 @@
-"""Data: manifest readers, audio, checks, featurisation (datasets), padding, batch samplers."""
+"""Data: manifest readers, audio, checks, featurization (datasets), padding, batch samplers."""
 
 from ..errors import AudioError, DataError
 from .audio import fbank_frames, load_audio

@@ -1,4 +1,4 @@
-"""Pad featurised examples into model batches.
+"""Pad featurized examples into model batches.
 
 Training pads text on the right (labels with -100); generation needs the prompt alone, padded on the
 LEFT so that every row's prompt ends where decoding starts. Audio features are always right-padded
