@@ -1,20 +1,47 @@
-"""Batched greedy transcription with FunASR's prompts.
+"""Batched greedy transcription with FunASR's prompts: one decoding loop for every caller.
 
-FunASR decodes one clip per `generate` call; here clips are sorted by length, left-padded into
-batches (so every row's prompt ends where generation starts) and decoded together. Output order is
-the input order.
+FunASR decodes one clip per `generate` call; here clips are left-padded into batches (so every row's prompt
+ends where generation starts) and decoded together. Every transcript this package produces comes out of
+`decode_batches`, whatever the batches were built from:
+
+* audio (paths or 16 kHz waveforms): `transcribe_detailed` sorts the clips by length, builds the batches with
+  the processor's inference prompt (`FunAsrNanoHfProcessor.prepare_transcription`) and returns one result per
+  clip, in input order; `transcribe` is its texts;
+* featurized dataset rows (`data.featurize`: the training prompt, already tokenised, and the audio features):
+  `transcribe_featurized` batches them in the given order with the generation collator; the Trainer's CER
+  decoding (`FunAsrNanoTrainer.generate_transcripts`) and the tests use it.
+
+`generate_ids` is the same generation step for one batch of waveforms, returning the raw ids (parity tests).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 AudioLike = str | Path | np.ndarray
+
+__all__ = [
+    "AudioLike",
+    "Decoded",
+    "GenerationBatch",
+    "decode_batches",
+    "default_max_new_tokens",
+    "featurized_batches",
+    "generate_batch",
+    "generate_ids",
+    "repeated_span",
+    "transcribe",
+    "transcribe_detailed",
+    "transcribe_featurized",
+    "waveform_batches",
+]
 
 
 def default_max_new_tokens(duration_s: float) -> int:
@@ -26,6 +53,90 @@ def default_max_new_tokens(duration_s: float) -> int:
     return min(512, 20 + math.ceil(12 * duration_s))
 
 
+def repeated_span(ids: Sequence[int], min_repeats: int = 4, max_span: int = 8) -> bool:
+    """True when the output ends in a span of 1..max_span tokens repeated min_repeats times (a decode loop)."""
+    for span in range(1, max_span + 1):
+        tail = list(ids[-span * min_repeats :])
+        if len(tail) == span * min_repeats and all(tail[i] == tail[i % span] for i in range(len(tail))):
+            return True
+    return False
+
+
+@dataclass(frozen=True)
+class GenerationBatch:
+    """Left-padded generation inputs for some clips (``input_ids`` = the prompts, the audio features and their
+    masks) and the cap on the tokens generated for them."""
+
+    inputs: Mapping[str, Any]
+    max_new_tokens: int
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """One clip's greedy transcript, with the guards that keep a bad decode from passing silently:
+    `hit_limit` (stopped by ``max_new_tokens``, not by an end-of-sequence token) and `repeated` (the output ends
+    in a repeating span, `repeated_span`)."""
+
+    text: str
+    hit_limit: bool
+    repeated: bool
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the decoding loop
+# ----------------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def generate_batch(
+    model: Any,
+    inputs: Mapping[str, Any],
+    *,
+    max_new_tokens: int,
+    device: torch.device | str | None = None,
+    **generate_kwargs: Any,
+) -> torch.Tensor:
+    """`model.generate` on one left-padded batch (greedy unless `generate_kwargs` say otherwise) -> the generated
+    ids only (prompt stripped), padded with pad_token_id. The tensors go to `device` (default the model's)."""
+    device = model.device if device is None else device
+    inputs = {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in inputs.items()}
+    generate_kwargs.setdefault("do_sample", False)
+    output = model.generate(**inputs, max_new_tokens=max_new_tokens, **generate_kwargs)
+    return output[:, inputs["input_ids"].shape[1] :]
+
+
+def _eos_ids(model: Any) -> set[int]:
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    return set(eos if isinstance(eos, list) else [eos])
+
+
+def decode_batches(
+    model: Any,
+    processor: Any,
+    batches: Iterable[GenerationBatch],
+    *,
+    device: torch.device | str | None = None,
+    **generate_kwargs: Any,
+) -> Iterator[list[Decoded]]:
+    """THE decoding loop: for each batch, `generate_batch`, FunASR's post-processing of the ids
+    (`FunAsrNanoHfProcessor.batch_decode_transcripts`) and the per-row guards; yields one `Decoded` per row,
+    in the batch's row order. `generate_kwargs` go to `generate` (not ``max_new_tokens``: each batch has its
+    own)."""
+    eos = _eos_ids(model)
+    pad = processor.tokenizer.pad_token_id
+    for batch in batches:
+        ids = generate_batch(model, batch.inputs, max_new_tokens=batch.max_new_tokens, device=device,
+                             **generate_kwargs)
+        decoded = []
+        for row, text in zip(ids.tolist(), processor.batch_decode_transcripts(ids)):
+            tokens = [t for t in row if t != pad]
+            content = [t for t in tokens if t not in eos]
+            stopped = len(content) < len(tokens)
+            decoded.append(Decoded(text, not stopped and len(tokens) >= batch.max_new_tokens, repeated_span(content)))
+        yield decoded
+
+
+# ----------------------------------------------------------------------------------------------------------
+# batches from audio
+# ----------------------------------------------------------------------------------------------------------
 def _as_waveform(item: AudioLike, sampling_rate: int) -> np.ndarray:
     if isinstance(item, (str, Path)):
         from ..data.audio import load_audio
@@ -38,111 +149,153 @@ def _as_waveform(item: AudioLike, sampling_rate: int) -> np.ndarray:
     return waveform
 
 
-@torch.no_grad()
+def waveform_batches(
+    processor: Any,
+    waveforms: Sequence[np.ndarray],
+    chunks: Iterable[Sequence[int]],
+    *,
+    max_new_tokens: int | None = None,
+    language: str | None = None,
+    hotwords: Sequence[str] | None = None,
+    itn: bool = True,
+    instructions: Sequence[str] | None = None,
+) -> Iterator[GenerationBatch]:
+    """One batch per chunk of indices into `waveforms`, with FunASR's inference prompt (the same for every clip,
+    or one `instructions` text per waveform); the cap is `max_new_tokens` or `default_max_new_tokens` of the
+    chunk's longest clip."""
+    if instructions is not None and len(instructions) != len(waveforms):
+        raise ValueError(f"got {len(instructions)} instructions for {len(waveforms)} clips")
+    rate = processor.feature_extractor.sampling_rate
+    for chunk in chunks:
+        clips = [waveforms[i] for i in chunk]
+        inputs = processor.prepare_transcription(
+            clips, language=language, hotwords=hotwords, itn=itn,
+            instructions=None if instructions is None else [instructions[i] for i in chunk],
+        )
+        cap = max_new_tokens if max_new_tokens is not None else default_max_new_tokens(max(map(len, clips)) / rate)
+        yield GenerationBatch(inputs, cap)
+
+
 def generate_ids(
-    model,
-    processor,
+    model: Any,
+    processor: Any,
     waveforms: Sequence[np.ndarray],
     *,
     language: str | None = None,
     hotwords: Sequence[str] | None = None,
     itn: bool = True,
     instructions: Sequence[str] | None = None,
-    **generate_kwargs,
+    **generate_kwargs: Any,
 ) -> torch.Tensor:
-    """One left-padded batch -> the generated ids only (prompt stripped), padded with pad_token_id."""
-    batch = processor.prepare_transcription(
-        list(waveforms), language=language, hotwords=hotwords, itn=itn, instructions=instructions
-    ).to(model.device)
-    if "max_new_tokens" not in generate_kwargs:
-        longest = max(len(w) for w in waveforms) / processor.feature_extractor.sampling_rate
-        generate_kwargs["max_new_tokens"] = default_max_new_tokens(longest)
-    generate_kwargs.setdefault("do_sample", False)
-    output = model.generate(**batch, **generate_kwargs)
-    return output[:, batch["input_ids"].shape[1] :]
-
-
-def repeated_span(ids: Sequence[int], min_repeats: int = 4, max_span: int = 8) -> bool:
-    """True when the output ends in a span of 1..max_span tokens repeated min_repeats times (a decode loop)."""
-    for span in range(1, max_span + 1):
-        tail = list(ids[-span * min_repeats :])
-        if len(tail) == span * min_repeats and all(tail[i] == tail[i % span] for i in range(len(tail))):
-            return True
-    return False
+    """One left-padded batch of waveforms -> the generated ids only (prompt stripped), padded with
+    pad_token_id (`generate_batch` on `waveform_batches`' batch)."""
+    max_new_tokens = generate_kwargs.pop("max_new_tokens", None)
+    (batch,) = waveform_batches(
+        processor, waveforms, [range(len(waveforms))], max_new_tokens=max_new_tokens, language=language,
+        hotwords=hotwords, itn=itn, instructions=instructions,
+    )
+    return generate_batch(model, batch.inputs, max_new_tokens=batch.max_new_tokens, **generate_kwargs)
 
 
 def transcribe_detailed(
-    model,
-    processor,
-    waveforms: Sequence[np.ndarray],
-    *,
-    batch_size: int = 8,
-    language: str | None = None,
-    hotwords: Sequence[str] | None = None,
-    itn: bool = True,
-    progress: bool = False,
-    **generate_kwargs,
-) -> list[dict]:
-    """Like `transcribe`, with per-clip guards: `hit_limit` (stopped by max_new_tokens, not by <|im_end|>)
-    and `repeated` (the output ends in a repeating span) are flagged, never silently returned."""
-    from tqdm.auto import tqdm
-
-    eos = set(model.generation_config.eos_token_id if isinstance(model.generation_config.eos_token_id, list)
-              else [model.generation_config.eos_token_id])
-    pad = processor.tokenizer.pad_token_id
-    order = sorted(range(len(waveforms)), key=lambda i: len(waveforms[i]), reverse=True)
-    results: list[dict | None] = [None] * len(waveforms)
-    rate = processor.feature_extractor.sampling_rate
-    for start in tqdm(range(0, len(order), batch_size), disable=not progress, desc="transcribing"):
-        chunk = order[start : start + batch_size]
-        kwargs = dict(generate_kwargs)
-        limit = kwargs.setdefault("max_new_tokens", default_max_new_tokens(max(len(waveforms[i]) for i in chunk) / rate))
-        ids = generate_ids(model, processor, [waveforms[i] for i in chunk], language=language, hotwords=hotwords,
-                           itn=itn, **kwargs)
-        texts = processor.batch_decode_transcripts(ids)
-        for row, (index, text) in enumerate(zip(chunk, texts)):
-            tokens = [t for t in ids[row].tolist() if t != pad]
-            stopped = any(t in eos for t in tokens)
-            content = [t for t in tokens if t not in eos]
-            results[index] = {
-                "text": text,
-                "duration": round(len(waveforms[index]) / rate, 3),
-                "hit_limit": not stopped and len(tokens) >= limit,
-                "repeated": repeated_span(content),
-            }
-    return results  # type: ignore[return-value]
-
-
-def transcribe(
-    model,
-    processor,
+    model: Any,
+    processor: Any,
     audio: AudioLike | Sequence[AudioLike],
     *,
     batch_size: int = 8,
     language: str | None = None,
     hotwords: Sequence[str] | None = None,
     itn: bool = True,
-    **generate_kwargs,
-) -> list[str]:
-    """Transcribe paths or 16 kHz mono arrays; `generate_kwargs` (e.g. max_new_tokens) go to `generate`."""
+    progress: bool = False,
+    **generate_kwargs: Any,
+) -> list[dict[str, Any]]:
+    """Transcribe paths or 16 kHz mono arrays, longest first in batches of `batch_size`, into one result per
+    clip in input order: ``text``, ``duration`` (seconds) and the guards ``hit_limit`` and ``repeated``
+    (`Decoded`), flagged, never silently returned. `generate_kwargs` (e.g. ``max_new_tokens``) go to
+    `generate`."""
+    from tqdm.auto import tqdm
+
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    items = [audio] if isinstance(audio, (str, Path)) or (isinstance(audio, np.ndarray) and audio.ndim == 1) else audio
-    sampling_rate = processor.feature_extractor.sampling_rate
-    waveforms = [_as_waveform(item, sampling_rate) for item in items]
+    single = isinstance(audio, (str, Path)) or (isinstance(audio, np.ndarray) and audio.ndim == 1)
+    rate = processor.feature_extractor.sampling_rate
+    waveforms = [_as_waveform(item, rate) for item in ([audio] if single else audio)]
     order = sorted(range(len(waveforms)), key=lambda i: len(waveforms[i]), reverse=True)
-    texts: list[str | None] = [None] * len(waveforms)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        ids = generate_ids(
-            model,
-            processor,
-            [waveforms[i] for i in chunk],
-            language=language,
-            hotwords=hotwords,
-            itn=itn,
-            **dict(generate_kwargs),
-        )
-        for index, text in zip(chunk, processor.batch_decode_transcripts(ids)):
-            texts[index] = text
-    return texts  # type: ignore[return-value]
+    chunks = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    batches = waveform_batches(
+        processor, waveforms, chunks, max_new_tokens=generate_kwargs.pop("max_new_tokens", None),
+        language=language, hotwords=hotwords, itn=itn,
+    )
+    results: list[dict[str, Any] | None] = [None] * len(waveforms)
+    decoded = decode_batches(model, processor, tqdm(batches, total=len(chunks), disable=not progress,
+                                                    desc="transcribing"), **generate_kwargs)
+    for chunk, rows in zip(chunks, decoded):
+        for index, row in zip(chunk, rows):
+            results[index] = {
+                "text": row.text,
+                "duration": round(len(waveforms[index]) / rate, 3),
+                "hit_limit": row.hit_limit,
+                "repeated": row.repeated,
+            }
+    return results  # type: ignore[return-value]
+
+
+def transcribe(
+    model: Any,
+    processor: Any,
+    audio: AudioLike | Sequence[AudioLike],
+    *,
+    batch_size: int = 8,
+    language: str | None = None,
+    hotwords: Sequence[str] | None = None,
+    itn: bool = True,
+    **generate_kwargs: Any,
+) -> list[str]:
+    """Transcribe paths or 16 kHz mono arrays: the texts of `transcribe_detailed`. `generate_kwargs` (e.g.
+    ``max_new_tokens``) go to `generate`."""
+    results = transcribe_detailed(
+        model, processor, audio, batch_size=batch_size, language=language, hotwords=hotwords, itn=itn,
+        **generate_kwargs,
+    )
+    return [result["text"] for result in results]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# batches from featurized dataset rows
+# ----------------------------------------------------------------------------------------------------------
+def featurized_batches(
+    rows: Any, pad_token_id: int, *, batch_size: int, max_new_tokens: int | None = None
+) -> Iterator[GenerationBatch]:
+    """Featurized rows (a `datasets.Dataset` or a sequence of dicts with ``input_features`` or
+    ``audio_embeds``, ``input_ids``, ``prompt_length``, ``num_frames``), `batch_size` at a time in their order:
+    each row's prompt, left-padded by the generation collator; the cap is `max_new_tokens` or
+    `default_max_new_tokens` of the batch's longest clip (``num_frames`` fbank frames)."""
+    from ..data.collator import FunAsrNanoCollator
+    from ..data.featurize import FRAMES_PER_SECOND
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    collate = FunAsrNanoCollator(pad_token_id=pad_token_id, for_generation=True)
+    for start in range(0, len(rows), batch_size):
+        stop = min(start + batch_size, len(rows))
+        chunk = list(rows.select(range(start, stop)) if hasattr(rows, "select") else rows[start:stop])
+        longest = max(int(row["num_frames"]) for row in chunk)
+        cap = max_new_tokens if max_new_tokens else default_max_new_tokens(longest / FRAMES_PER_SECOND)
+        yield GenerationBatch(collate(chunk), cap)
+
+
+def transcribe_featurized(
+    model: Any,
+    processor: Any,
+    rows: Any,
+    *,
+    batch_size: int,
+    max_new_tokens: int | None = None,
+    device: torch.device | str | None = None,
+    **generate_kwargs: Any,
+) -> list[Decoded]:
+    """Greedy transcripts of featurized rows (`featurized_batches`), in row order: the Trainer's CER decoding."""
+    batches = featurized_batches(rows, processor.tokenizer.pad_token_id, batch_size=batch_size,
+                                 max_new_tokens=max_new_tokens)
+    return [row for decoded in decode_batches(model, processor, batches, device=device, **generate_kwargs)
+            for row in decoded]

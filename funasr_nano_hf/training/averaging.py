@@ -2,6 +2,8 @@
 
 `average_checkpoints` works on any checkpoint folders (after the fact too); `NBestCheckpointCallback`
 (`callbacks`) calls it at the end of training. Hand-written: transformers/peft have no checkpoint averaging.
+The average is a model (or adapter) folder, not a checkpoint to resume: the training state is left out, and
+it is published without a completion marker (`checkpointing.publish`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ..testing.faults import fault_point
-from .checkpointing import COMPLETE_MARKER, atomic_directory
+from .checkpointing import atomic_directory
 
 __all__ = ["TRAINING_STATE_PATTERNS", "WEIGHT_FILES", "average_checkpoints"]
 
@@ -39,7 +41,6 @@ TRAINING_STATE_PATTERNS = (
     "latest",  # DeepSpeed's pointer to them
     "pytorch_model*.bin",
     "adapter_model.bin",
-    COMPLETE_MARKER,  # the average is a model folder, not a checkpoint to resume
 )
 
 

@@ -59,13 +59,7 @@ from transformers import EarlyStoppingCallback, TrainerCallback, TrainerControl,
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .averaging import average_checkpoints
-from .checkpointing import (
-    COMPLETE_MARKER,
-    atomic_write_bytes,
-    complete_checkpoints,
-    mark_complete,
-    remove_directory,
-)
+from .checkpointing import adopt_checkpoint, atomic_write_bytes, complete_checkpoints, remove_directory
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +69,7 @@ __all__ = [
     "CurvePlotCallback",
     "EarlyStoppingCallback",
 ]
+
 
 def _write_json_atomic(path: Path, payload: Any) -> None:
     atomic_write_bytes(path, (json.dumps(payload, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
@@ -209,7 +204,9 @@ class NBestCheckpointCallback(TrainerCallback):
             logger.exception("n-best: pruning checkpoints in %s failed", args.output_dir)
 
     # -- Trainer events ----------------------------------------------------------------------------------
-    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         self._training = True
         self.averaged_dir = None
         if not state.is_world_process_zero:
@@ -223,7 +220,14 @@ class NBestCheckpointCallback(TrainerCallback):
         if args.eval_strategy == "no":
             logger.warning("NBestCheckpointCallback: eval_strategy='no', checkpoints get no %s to rank by", self.metric)
 
-    def on_evaluate(self, args, state, control, metrics: dict[str, float] | None = None, **kwargs):
+    def on_evaluate(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        metrics: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
         if not self._training:
             return
         if metrics and self.metric in metrics:
@@ -237,21 +241,23 @@ class NBestCheckpointCallback(TrainerCallback):
         if state.is_world_process_zero:
             self._safe_prune(args, state)
 
-    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+    def on_save(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         if self._training and state.is_world_process_zero:
             self._adopt(args, state)
             self._safe_prune(args, state)
 
     @staticmethod
     def _adopt(args: TrainingArguments, state: TrainerState) -> None:
-        """Only complete checkpoints (with `checkpointing.COMPLETE_MARKER`) are ranked, averaged or deleted.
-        `FunAsrNanoTrainer` publishes them with the marker; a plain `Trainer` has finished writing the folder
-        when it calls `on_save`, so the marker is written here."""
-        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-        if folder.is_dir() and not (folder / COMPLETE_MARKER).exists():
-            mark_complete(folder)
+        """Only complete checkpoints (published with their completion marker) are ranked, averaged or deleted.
+        `FunAsrNanoTrainer` publishes them so; a plain `Trainer` has finished writing the folder when it calls
+        `on_save`, so it is marked complete here (`checkpointing.adopt_checkpoint`)."""
+        adopt_checkpoint(Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
 
-    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         self._training = False
         if not state.is_world_process_zero:
             return
@@ -361,11 +367,20 @@ class FileLoggerCallback(TrainerCallback):
         parts += [f"{key} {_format_value(value)}" for key, value in logs.items() if key not in ("epoch", "step")]
         return " | ".join(parts)
 
-    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         if state.is_world_process_zero:
             self._attach(self._resolve(args))
 
-    def on_log(self, args, state, control, logs: dict[str, Any] | None = None, **kwargs):
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
         if not state.is_world_process_zero or logs is None:
             return
         line = self.format_line(state, logs) + "\n"
@@ -381,7 +396,9 @@ class FileLoggerCallback(TrainerCallback):
             with open(self._resolve(args), "a", encoding="utf-8") as handle:
                 handle.write(line)
 
-    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         self.close()
 
 
@@ -410,6 +427,7 @@ class CurvePlotCallback(TrainerCallback):
         self.filename = Path(filename)
 
     def path(self, args: TrainingArguments) -> Path:
+        """Where the PNG goes for these arguments."""
         return self.filename if self.filename.is_absolute() else Path(args.output_dir) / self.filename
 
     def plot(self, log_history: list[dict[str, Any]], path: str | os.PathLike) -> Path | None:
@@ -460,8 +478,12 @@ class CurvePlotCallback(TrainerCallback):
         except Exception:  # noqa: BLE001 -- a plot must not stop training
             logger.exception("curve plot %s failed", self.path(args))
 
-    def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+    def on_evaluate(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         self._save(args, state)
 
-    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         self._save(args, state)

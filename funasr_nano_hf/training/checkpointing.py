@@ -10,6 +10,11 @@ way round (`remove_directory`: renamed to a ``.tmp-`` name first), so a half-del
 visible either. The Trainer's checkpoints (`FunAsrNanoTrainer._save_checkpoint`), the n-best average and
 the final model folders are all written this way.
 
+The completion marker is this module's alone: it is written only here (`publish` with
+``complete_marker=True``, `mark_complete`, `adopt_checkpoint`), and read only here (`checkpoint_problem`). A
+folder published without a marker never carries one, even when it was staged from a copy of a checkpoint
+(the n-best average): it is a model folder, not a checkpoint to resume.
+
 Reading. `newest_complete_checkpoint(output_dir)` is the ``checkpoint-<step>`` with the highest step whose
 marker is present and whose files all have their recorded sizes; torn ones (no marker: a folder from an
 older version or another writer, a copy cut short, a half-deleted one) are skipped with a log line.
@@ -47,6 +52,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "COMPLETE_MARKER",
     "TMP_PREFIX",
+    "adopt_checkpoint",
     "atomic_directory",
     "atomic_write_bytes",
     "complete_checkpoints",
@@ -129,12 +135,24 @@ def mark_complete(folder: str | os.PathLike) -> Path:
     return marker
 
 
+def adopt_checkpoint(folder: str | os.PathLike) -> bool:
+    """Mark a checkpoint that another writer has finished (a plain `Trainer`'s, when its ``on_save`` fires)
+    complete, unless it already has its marker. True when a marker was written."""
+    folder = Path(folder)
+    if not folder.is_dir() or (folder / COMPLETE_MARKER).exists():
+        return False
+    mark_complete(folder)
+    return True
+
+
 def publish(staged: str | os.PathLike, target: str | os.PathLike, *, complete_marker: bool = False) -> Path:
-    """Make the fully written `staged` folder visible as `target` (see the module docstring)."""
+    """Make the fully written `staged` folder visible as `target` (see the module docstring). Without
+    `complete_marker`, a marker copied into `staged` (from a checkpoint) is removed first."""
     staged, target = Path(staged), Path(target)
     if complete_marker:
         mark_complete(staged)
     else:
+        (staged / COMPLETE_MARKER).unlink(missing_ok=True)
         _fsync_tree(staged)
     root = staged.parent
     if target.exists():  # a directory cannot be renamed over a non-empty one: move the old one aside first

@@ -29,11 +29,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+
 from ..errors import NonFiniteLossError
 
 logger = logging.getLogger(__name__)
 
-POLICIES = ("stop", "skip")
+POLICIES = ("stop", "skip")  # --on_nonfinite
 
 
 class SkipBatch(Exception):
@@ -46,6 +47,8 @@ class SkipBatch(Exception):
 
 @dataclass(frozen=True)
 class SkippedBatch:
+    """A batch that gave no optimizer update (``skip``): its step, what was non-finite, its examples' keys."""
+
     step: int
     reason: str
     keys: tuple[str, ...]
@@ -61,6 +64,17 @@ def nonfinite_gradients(model: torch.nn.Module) -> list[str]:
 
 
 class NonFiniteGuard:
+    """The per-step check for NaN / inf, kept apart from the trainer so its policy can be tested alone.
+
+    A single bad example (an extreme-amplitude clip, a broken label) turns the loss non-finite; unchecked,
+    it poisons the weights (and the optimizer's moments) for the rest of the run, and nothing says which
+    example did it. This guard finds it at the step it happens, names the step and the batch's keys, and
+    either stops the run (``policy="stop"``) or drops that batch's update and counts it (``"skip"``; see
+    the module docstring for how, with one or several processes). `distributed`: several processes train
+    (the verdict is agreed on by all ranks); `deepspeed`: the gradients live inside DeepSpeed's engine, so
+    only the loss is checked and only ``stop`` is allowed. `skipped` lists the skipped batches.
+    """
+
     def __init__(self, policy: str = "stop", *, distributed: bool = False, deepspeed: bool = False):
         if policy not in POLICIES:
             raise ValueError(f"on_nonfinite must be one of {POLICIES}, got {policy!r}")

@@ -13,14 +13,17 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+
 from ..errors import TrainingOutOfMemoryError
 
 _OOM_TEXTS = ("out of memory", "can't allocate memory", "not enough memory")
 
 
 def is_out_of_memory(error: BaseException) -> bool:
+    """Whether `error` is an allocation failure: a GPU or Python out-of-memory error, or the CPU allocator's."""
     if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
         return True
     return isinstance(error, RuntimeError) and any(text in str(error) for text in _OOM_TEXTS)
@@ -36,7 +39,8 @@ class BatchShape:
     keys: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, inputs: dict, keys: Sequence[str] = ()) -> "BatchShape":
+    def of(cls, inputs: dict[str, Any], keys: Sequence[str] = ()) -> BatchShape:
+        """The shape of a collated batch (``input_features`` or ``audio_embeds``, ``input_ids``)."""
         audio = inputs.get("input_features", inputs.get("audio_embeds"))
         ids = inputs.get("input_ids")
         examples = next((len(v) for v in (ids, audio) if isinstance(v, torch.Tensor)), len(keys))
@@ -51,6 +55,8 @@ class BatchShape:
 def out_of_memory_message(
     step: int, shape: BatchShape, *, device: str, batch_type: str, batch_size: int, max_tokens: int | None
 ) -> str:
+    """What `TrainingOutOfMemoryError` says: the step, the batch that did not fit, the options that make it
+    fit (the ones for this `batch_type` first)."""
     keys = list(shape.keys[:8]) + (["..."] if len(shape.keys) > 8 else [])
     if batch_type == "token":
         smaller = f"lower --max_tokens (now {max_tokens}: padded frames + tokens per batch)"
@@ -69,8 +75,9 @@ def out_of_memory_message(
 
 
 @contextlib.contextmanager
-def out_of_memory_guard(step: int, shape: BatchShape, **settings) -> Iterator[None]:
-    """Re-raise an out-of-memory error inside the block as `TrainingOutOfMemoryError` (chained)."""
+def out_of_memory_guard(step: int, shape: BatchShape, **settings: Any) -> Iterator[None]:
+    """Re-raise an out-of-memory error inside the block as `TrainingOutOfMemoryError` (chained); `settings` are
+    `out_of_memory_message`'s keyword arguments."""
     try:
         yield
     except (MemoryError, RuntimeError) as error:

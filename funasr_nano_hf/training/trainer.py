@@ -2,8 +2,9 @@
 at every evaluation.
 
 Evaluation = the Trainer's teacher-forced loss (`eval_loss`) + greedy decoding of every eval example's
-prompt, left-padded in batches, scored with the shipped mixed zh/en CER metric (`eval_cer`; the
-normaliser's name is logged next to it, metrics themselves must be numbers).
+prompt, left-padded in batches by the package's one decoding loop (`inference.transcribe_featurized`), scored
+with the shipped mixed zh/en CER metric (`eval_cer`; the normaliser's name is logged next to it, metrics
+themselves must be numbers).
 
 Fault tolerance (tests/fault/README.md):
 
@@ -13,7 +14,10 @@ Fault tolerance (tests/fault/README.md):
   dataloader carries in the batch (``example_keys``, popped before the forward pass); the batch is skipped
   or training stops (`nonfinite`);
 * an out-of-memory error in a training step names the batch and the options to turn (`oom`);
-* `faults.fault_point` marks where the fault-injection tests kill the process (a no-op in normal use).
+* `testing.faults.fault_point` marks where the fault-injection tests kill the process (a no-op in normal use).
+
+The private transformers / accelerate internals this needs are each behind one named helper below, with the
+versions they were checked against (tests/training/test_trainer_internals.py guards them).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,12 +36,11 @@ from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
-from ..data.collator import FunAsrNanoCollator
 from ..data.samplers import build_batch_sampler
 from ..evaluation import NORMALIZER_NAME, compute_cer
-from ..inference.transcribe import default_max_new_tokens
-from .checkpointing import atomic_directory, newest_complete_checkpoint, remove_stale_temporaries, vet_checkpoint
+from ..inference.transcribe import transcribe_featurized
 from ..testing.faults import fault_point
+from .checkpointing import atomic_directory, newest_complete_checkpoint, remove_stale_temporaries, vet_checkpoint
 from .nonfinite import NonFiniteGuard, SkipBatch
 from .oom import BatchShape, out_of_memory_guard
 
@@ -45,11 +49,59 @@ logger = logging.getLogger(__name__)
 KEYS_FIELD = "example_keys"
 
 
+# ----------------------------------------------------------------------------------------------------------
+# Private transformers / accelerate internals this trainer relies on, each behind one named helper (or, for
+# the hooks it overrides, one method), checked against transformers 5.23.0 and accelerate 1.15.0.
+# tests/training/test_trainer_internals.py fails when one of them moves or changes its signature.
+# ----------------------------------------------------------------------------------------------------------
+def _trainer_run_dir(trainer: Trainer, trial: Any) -> str:
+    """The folder the Trainer puts ``checkpoint-<step>`` in (``args.output_dir``, or a hyperparameter-search
+    trial's subfolder). transformers 5.23.0: private ``Trainer._get_output_dir(trial)``."""
+    return Trainer._get_output_dir(trainer, trial=trial)
+
+
+def _write_trainer_checkpoint(trainer: Trainer, model: torch.nn.Module, trial: Any) -> None:
+    """The Trainer's own checkpoint writing: model, optimizer, scheduler, scaler, RNG states and trainer_state
+    into ``<_get_output_dir(trial)>/checkpoint-<step>``, then its hub push (when ``args.push_to_hub``) and its
+    rotation. transformers 5.23.0: private ``Trainer._save_checkpoint(model, trial)``."""
+    Trainer._save_checkpoint(trainer, model, trial)
+
+
+def _push_checkpoint(trainer: Trainer, folder: str) -> None:
+    """The Trainer's hub push of a checkpoint folder (``hub_strategy`` decides what goes). transformers 5.23.0:
+    private ``Trainer._push_from_checkpoint(checkpoint_folder)``."""
+    trainer._push_from_checkpoint(folder)
+
+
+def _rotate_checkpoints(trainer: Trainer, run_dir: str) -> None:
+    """The Trainer's ``save_total_limit`` rotation, keeping its best checkpoint. transformers 5.23.0:
+    ``transformers.trainer_utils.rotate_checkpoints(output_dir, save_total_limit, best_model_checkpoint,
+    use_mtime)`` (not in the documented API)."""
+    rotate_checkpoints(
+        output_dir=run_dir,
+        save_total_limit=trainer.args.save_total_limit,
+        best_model_checkpoint=trainer.state.best_model_checkpoint,
+        use_mtime=True,
+    )
+
+
+def _undo_accelerate_sharding(loader: DataLoader, sampler: Any) -> None:
+    """Our batch sampler already shards by rank: stop accelerate from sharding its batches again. With several
+    processes, ``Accelerator.prepare`` wraps a DataLoader's batch sampler in a ``BatchSamplerShard`` (the
+    prepared loader's ``batch_sampler``) that keeps every ``num_processes``-th batch from ``process_index``;
+    one process, one index makes it pass every batch through. accelerate 1.15.0:
+    ``accelerate.data_loader.BatchSamplerShard`` fields ``batch_sampler``, ``num_processes``,
+    ``process_index``. Does nothing when accelerate did not wrap `sampler` (one process)."""
+    shard = getattr(loader, "batch_sampler", None)
+    if getattr(shard, "batch_sampler", None) is sampler:
+        shard.num_processes, shard.process_index = 1, 0
+
+
 class _EpochEvents(TrainerCallback):
     """The epoch's batch order is a function of (seed, epoch): tell the sampler which epoch starts. Between
     epochs is also a fault-injection point."""
 
-    def __init__(self, trainer: "FunAsrNanoTrainer"):
+    def __init__(self, trainer: FunAsrNanoTrainer):
         self.trainer = trainer
 
     def on_epoch_begin(self, args, state, control, **kwargs):
@@ -74,16 +126,39 @@ class _WithKeys:
 
 
 class FunAsrNanoTrainer(Trainer):
+    """The Hugging Face `Trainer`, with what fine-tuning Fun-ASR-Nano needs beyond it: FunASR's batch types in
+    the train dataloader, the CER of greedy transcripts at every evaluation (a speech recogniser is judged by
+    what it writes, not by its teacher-forced loss), checkpoints that are complete or invisible and resumes
+    that take the newest complete one, and a clear stop (or skip) on a non-finite loss or an out-of-memory
+    batch instead of a silently broken run (see the module docstring).
+
+    Besides the `Trainer`'s own arguments:
+
+    * `processor` -- the `FunAsrNanoHfProcessor` (tokenizer + feature extractor); required: it pads the
+      prompts for CER decoding and turns generated ids into text.
+    * `batch_type` -- FunASR's batch type for training (``"example"``, ``"length"`` or ``"token"``;
+      `data.samplers.build_batch_sampler`); ``per_device_train_batch_size`` is the batch size for the first
+      two.
+    * `max_tokens` -- the budget of padded audio frames + tokens per batch for ``batch_type="token"``.
+    * `eval_max_new_tokens` -- the cap on generated tokens per clip in CER decoding; None scales it with the
+      batch's longest clip (`inference.default_max_new_tokens`).
+    * `card_info` -- a `model_card.CardInfo`: the model card `push_to_hub` uploads is rendered from it (base
+      model, data, CER with its normaliser, training options) instead of the Trainer's draft; None keeps the
+      Trainer's.
+    * `on_nonfinite` -- ``"stop"`` (default) or ``"skip"``: what a NaN/inf loss or gradient does
+      (`nonfinite.NonFiniteGuard`).
+    """
+
     def __init__(
         self,
-        *args,
-        processor=None,
+        *args: Any,
+        processor: Any = None,
         batch_type: str = "example",
         max_tokens: int | None = None,
         eval_max_new_tokens: int | None = None,
-        card_info=None,
+        card_info: Any = None,
         on_nonfinite: str = "stop",
-        **kwargs,
+        **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
         if processor is None:
@@ -93,7 +168,7 @@ class FunAsrNanoTrainer(Trainer):
         self.max_tokens = max_tokens
         self.eval_max_new_tokens = eval_max_new_tokens
         self._batch_sampler = None
-        self.card_info = card_info  # a model_card.CardInfo: our card replaces the Trainer's draft
+        self.card_info = card_info
         self.add_callback(_EpochEvents(self))
         self.nonfinite = NonFiniteGuard(
             on_nonfinite, distributed=self.args.world_size > 1, deepspeed=self.is_deepspeed_enabled
@@ -102,7 +177,7 @@ class FunAsrNanoTrainer(Trainer):
         self._staging_root: str | None = None  # set while a checkpoint is written
 
     # -- resume from the newest complete checkpoint, vetted; stale temporaries removed -----------------------
-    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
         """`Trainer.train`, except: ``resume_from_checkpoint=True`` is the newest COMPLETE checkpoint, the
         checkpoint is vetted before anything loads it, and leftovers of a killed run are removed first. At the
         end, the batches skipped for a non-finite loss are reported."""
@@ -125,7 +200,7 @@ class FunAsrNanoTrainer(Trainer):
         return output
 
     # -- atomic checkpoints ------------------------------------------------------------------------------
-    def atomic_output(self, target: str | os.PathLike, complete_marker: bool = False):
+    def atomic_output(self, target: str | os.PathLike, complete_marker: bool = False) -> AbstractContextManager[Path]:
         """`checkpointing.atomic_directory` for a folder all processes write and the saving one publishes."""
         return atomic_directory(
             target,
@@ -134,20 +209,24 @@ class FunAsrNanoTrainer(Trainer):
             barrier=self.accelerator.wait_for_everyone,
         )
 
-    def _get_output_dir(self, trial) -> str:
-        return self._staging_root if self._staging_root is not None else super()._get_output_dir(trial)
+    def _get_output_dir(self, trial: Any) -> str:
+        """Override of a private hook (transformers 5.23.0: ``Trainer._get_output_dir(trial)``, which
+        ``Trainer._save_checkpoint`` asks where to write): the staging folder while a checkpoint is written."""
+        return self._staging_root if self._staging_root is not None else _trainer_run_dir(self, trial)
 
-    def _save_checkpoint(self, model, trial) -> None:
-        """The Trainer's checkpoint, written into ``.tmp-checkpoint-<step>/`` and published complete (fsync,
-        marker, rename); the Trainer's own rotation and hub push run on the published folder."""
-        run_dir = Path(super()._get_output_dir(trial))
+    def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
+        """Override of a private hook (transformers 5.23.0: ``Trainer._save_checkpoint(model, trial)``, called
+        at every save step). The Trainer's checkpoint, written into ``.tmp-checkpoint-<step>/`` and published
+        complete (fsync, marker, rename); the Trainer's own hub push and rotation run on the published
+        folder."""
+        run_dir = Path(_trainer_run_dir(self, trial))
         target = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        push, self.args.push_to_hub = self.args.push_to_hub, False
+        push, self.args.push_to_hub = self.args.push_to_hub, False  # pushed below, once published
         try:
             with self.atomic_output(target, complete_marker=True) as staged:
                 self._staging_root = str(staged.parent)
                 try:
-                    super()._save_checkpoint(model, trial)
+                    _write_trainer_checkpoint(self, model, trial)
                 finally:
                     self._staging_root = None
                 if self.state.best_model_checkpoint == str(staged):  # the Trainer saw the staging path
@@ -158,17 +237,17 @@ class FunAsrNanoTrainer(Trainer):
         finally:
             self.args.push_to_hub = push
         if push:
-            self._push_from_checkpoint(str(target))
+            _push_checkpoint(self, str(target))
         if self.args.should_save:
-            rotate_checkpoints(
-                output_dir=str(run_dir),
-                save_total_limit=self.args.save_total_limit,
-                best_model_checkpoint=self.state.best_model_checkpoint,
-                use_mtime=True,
-            )
+            _rotate_checkpoints(self, str(run_dir))
 
     # -- training step: non-finite loss/gradients, out of memory, example keys ------------------------------
-    def training_step(self, model, inputs, num_items_in_batch=None):
+    def training_step(
+        self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None
+    ) -> torch.Tensor:
+        """`Trainer.training_step`, guarded: the batch's example keys are popped (for messages), an
+        out-of-memory error names the batch (`oom`), a non-finite loss or gradient stops or skips it
+        (`nonfinite`)."""
         keys = inputs.pop(KEYS_FIELD, None) or []
         step = self.state.global_step + 1
         shape = BatchShape.of(inputs, keys)
@@ -188,7 +267,11 @@ class FunAsrNanoTrainer(Trainer):
         fault_point("step")
         return loss
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+    def compute_loss(
+        self, model: torch.nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> Any:
+        """`Trainer.compute_loss`; in a training step the loss is checked before backward (`nonfinite`)."""
         result = super().compute_loss(model, inputs, return_outputs=return_outputs,
                                       num_items_in_batch=num_items_in_batch)
         if self._step_keys is not None:  # a training step, not evaluation
@@ -206,6 +289,8 @@ class FunAsrNanoTrainer(Trainer):
 
     # -- training data: FunASR's batch types ---------------------------------------------------------
     def get_train_dataloader(self) -> DataLoader:
+        """Batches from FunASR's batch sampler of `batch_type` (sharded by rank, ordered by seed and epoch),
+        each carrying its examples' keys."""
         dataset = self.train_dataset
         lengths = [int(f) + int(t) for f, t in zip(dataset["num_frames"], dataset["num_tokens"])]
         args = self.args
@@ -229,10 +314,7 @@ class FunAsrNanoTrainer(Trainer):
             persistent_workers=args.dataloader_persistent_workers and args.dataloader_num_workers > 0,
         )
         loader = self.accelerator.prepare(loader)
-        # Our sampler already shards by rank: stop accelerate from sharding its batches again.
-        inner = getattr(loader, "batch_sampler", None)
-        if getattr(inner, "batch_sampler", None) is sampler:
-            inner.num_processes, inner.process_index = 1, 0
+        _undo_accelerate_sharding(loader, sampler)
         self._batch_sampler = sampler
         return loader
 
@@ -242,8 +324,6 @@ class FunAsrNanoTrainer(Trainer):
             return super().create_model_card(model_name=model_name, **kwargs)
         if not self.is_world_process_zero():
             return
-        import os
-
         from .model_card import render_model_card
 
         metrics = {}
@@ -254,7 +334,16 @@ class FunAsrNanoTrainer(Trainer):
             handle.write(render_model_card(self.card_info, metrics, name))
 
     # -- evaluation: CER from batched generation -----------------------------------------------------
-    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):
+    def evaluation_loop(
+        self,
+        dataloader: DataLoader,
+        description: str,
+        prediction_loss_only: bool | None = None,
+        ignore_keys: list[str] | None = None,
+        metric_key_prefix: str = "eval",
+    ) -> Any:
+        """`Trainer.evaluation_loop` (the teacher-forced loss), then ``<prefix>_cer`` of the greedy transcripts of
+        every example with a ``text``."""
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         fault_point("eval")
         dataset = dataloader.dataset
@@ -267,30 +356,24 @@ class FunAsrNanoTrainer(Trainer):
                 "%s CER %.4f (normaliser %s) on %d utterances, decoded in %.1fs",
                 metric_key_prefix, scores["cer"], NORMALIZER_NAME, len(predictions), time.perf_counter() - started,
             )
-            self.last_predictions = predictions
         return output
 
     @torch.no_grad()
-    def generate_transcripts(self, dataset, batch_size: int | None = None) -> list[str]:
-        """Greedy transcripts of every example's prompt, batched and left-padded; with several processes
-        each decodes a contiguous shard and the strings are gathered in dataset order."""
+    def generate_transcripts(self, dataset: Any, batch_size: int | None = None) -> list[str]:
+        """Greedy transcripts of every example's prompt (`inference.transcribe_featurized`: the package's one
+        decoding loop), batched in dataset order and left-padded; with several processes each decodes a
+        contiguous shard and the strings are gathered in dataset order."""
         from accelerate.utils import gather_object
 
         model = self.accelerator.unwrap_model(self.model)
         was_training = model.training
         model.eval()
-        collate = FunAsrNanoCollator(pad_token_id=self.processor.tokenizer.pad_token_id, for_generation=True)
-        batch_size = batch_size or self.args.per_device_eval_batch_size
         world, rank = self.args.world_size, self.args.process_index
         shard = dataset.shard(num_shards=world, index=rank, contiguous=True) if world > 1 else dataset
-        frames_per_second = 100  # num_frames are 10 ms fbank frames
-        predictions: list[str] = []
-        for start in range(0, len(shard), batch_size):
-            rows = shard.select(range(start, min(start + batch_size, len(shard))))
-            batch = collate(list(rows))
-            batch = {k: v.to(self.args.device) for k, v in batch.items()}
-            max_new = self.eval_max_new_tokens or default_max_new_tokens(max(rows["num_frames"]) / frames_per_second)
-            ids = model.generate(**batch, max_new_tokens=max_new, do_sample=False)
-            predictions += self.processor.batch_decode_transcripts(ids[:, batch["input_ids"].shape[1] :])
+        decoded = transcribe_featurized(
+            model, self.processor, shard, batch_size=batch_size or self.args.per_device_eval_batch_size,
+            max_new_tokens=self.eval_max_new_tokens, device=self.args.device,
+        )
+        predictions = [row.text for row in decoded]
         model.train(was_training)
         return gather_object(predictions) if world > 1 else predictions

@@ -1,4 +1,5 @@
-"""The fault tests' data (8 train / 2 valid clips of the shared TTS set) and their uninterrupted reference run."""
+"""The fault tests' data (8 train / 2 valid clips of the TTS test set, `shared_dir`) and their uninterrupted
+reference run."""
 
 from __future__ import annotations
 

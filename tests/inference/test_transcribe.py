@@ -1,15 +1,26 @@
-"""transcribe(): FunASR's prompts, paths or arrays, batched == one by one, kwargs reach generate."""
+"""transcribe(): FunASR's prompts, paths or arrays, batched == one by one, kwargs reach generate; one decoding
+loop (`decode_batches`) behind transcribe, transcribe_detailed and the Trainer's decoding of featurized rows."""
 
 from __future__ import annotations
 
 import glob
+import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from funasr_nano_hf import transcribe
-from funasr_nano_hf.inference import default_max_new_tokens
+from funasr_nano_hf.inference import (
+    Decoded,
+    GenerationBatch,
+    decode_batches,
+    default_max_new_tokens,
+    transcribe_detailed,
+    transcribe_featurized,
+)
 from funasr_nano_hf.models import prompting
 
 
@@ -76,3 +87,65 @@ def test_default_cap_scales_with_duration():
     assert default_max_new_tokens(1.0) == 32
     assert default_max_new_tokens(10.0) == 140
     assert default_max_new_tokens(600.0) == 512
+
+
+def test_transcribe_is_the_texts_of_transcribe_detailed(tiny_model, shared_dir):
+    model, processor = tiny_model
+    paths = sorted(glob.glob(str(shared_dir / "data" / "tts" / "wav" / "valid" / "*.wav")))[:5]
+    detailed = transcribe_detailed(model, processor, paths, batch_size=2, max_new_tokens=10)
+    assert [list(result) for result in detailed] == [["text", "duration", "hit_limit", "repeated"]] * len(paths)
+    assert transcribe(model, processor, paths, batch_size=2, max_new_tokens=10) == [r["text"] for r in detailed]
+
+
+def test_featurized_rows_decode_like_their_audio(tiny_model, shared_dir, tmp_path):
+    """The Trainer's CER decoding (featurized dataset rows: the training prompt, tokenised by the data pipeline,
+    left-padded by the generation collator) gives the texts `transcribe` gives for the same clips."""
+    from funasr_nano_hf.data.featurize import DataConfig, build_dataset
+
+    model, processor = tiny_model
+    tts = shared_dir / "data" / "tts"
+    rows = [json.loads(line) for line in (tts / "valid.jsonl").read_text().splitlines()[:4]]
+    for row in rows:
+        row["wav"] = str(tts / row["wav"])
+    manifest = tmp_path / "valid.jsonl"
+    manifest.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    dataset, _ = build_dataset([str(manifest)], processor, DataConfig(cache_dir=str(tmp_path / "cache")))
+    assert list(dataset["key"]) == [row["key"] for row in rows]
+    decoded = transcribe_featurized(model, processor, dataset, batch_size=1, max_new_tokens=10)
+    assert all(isinstance(row, Decoded) for row in decoded)
+    assert [row.text for row in decoded] == transcribe(
+        model, processor, [row["wav"] for row in rows], batch_size=1, max_new_tokens=10
+    )
+    # batched (left-padded prompts, in row order): the same texts as one by one
+    assert transcribe_featurized(model, processor, dataset, batch_size=3, max_new_tokens=10) == decoded
+
+
+class _ScriptedModel:
+    """`generate` returns the prompt followed by scripted ids (eos 2, pad 0)."""
+
+    device = torch.device("cpu")
+    generation_config = SimpleNamespace(eos_token_id=[2])
+
+    def __init__(self, outputs: list[list[int]]):
+        self.outputs = torch.tensor(outputs)
+        self.calls: list[dict] = []
+
+    def generate(self, input_ids, max_new_tokens, **kwargs):
+        self.calls.append({"max_new_tokens": max_new_tokens, **kwargs})
+        return torch.cat([input_ids, self.outputs], dim=1)
+
+
+def test_decode_batches_strips_the_prompt_and_flags_bad_decodes():
+    processor = SimpleNamespace(
+        tokenizer=SimpleNamespace(pad_token_id=0),
+        batch_decode_transcripts=lambda ids: [" ".join(map(str, row)) for row in ids.tolist()],
+    )
+    model = _ScriptedModel([[5, 6, 2, 0], [7, 8, 9, 10], [3, 3, 3, 3]])
+    batch = GenerationBatch({"input_ids": torch.ones(3, 2, dtype=torch.long)}, max_new_tokens=4)
+    (decoded,) = decode_batches(model, processor, [batch])
+    assert decoded == [
+        Decoded("5 6 2 0", hit_limit=False, repeated=False),  # stopped by eos
+        Decoded("7 8 9 10", hit_limit=True, repeated=False),  # cut by the cap
+        Decoded("3 3 3 3", hit_limit=True, repeated=True),  # a decode loop
+    ]
+    assert model.calls == [{"max_new_tokens": 4, "do_sample": False}]  # greedy unless asked otherwise

@@ -18,13 +18,13 @@ from torch.utils.data import Dataset
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from funasr_nano_hf.training import callbacks as callbacks_module
+from funasr_nano_hf.training.averaging import average_checkpoints
 from funasr_nano_hf.training.callbacks import (
     CurvePlotCallback,
     EarlyStoppingCallback,
     FileLoggerCallback,
     NBestCheckpointCallback,
 )
-from funasr_nano_hf.training.averaging import average_checkpoints
 from funasr_nano_hf.training.checkpointing import COMPLETE_MARKER
 
 STEPS = 40
@@ -253,6 +253,8 @@ def test_average_is_fp32_mean_of_the_best(trained):
     names = {p.name for p in average_dir.iterdir()}
     assert "model.safetensors" in names
     assert not names & {"optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json", "scaler.pt"}
+    assert COMPLETE_MARKER in {p.name for p in chosen[0].iterdir()}  # the plain Trainer's checkpoint, adopted
+    assert COMPLETE_MARKER not in names  # the average is a model folder, not a checkpoint to resume
     assert {p.name for p in chosen[0].iterdir()} - names <= {"optimizer.pt", "scheduler.pt", "rng_state.pth",
                                                              "trainer_state.json", "scaler.pt", COMPLETE_MARKER}
     model = TinyRegressor()
