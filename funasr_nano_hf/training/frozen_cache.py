@@ -13,17 +13,19 @@ import hashlib
 
 import datasets
 import torch
+from torch import nn
 
 from ..data.collator import FunAsrNanoCollator
 
 
-def audio_path_is_frozen(model) -> bool:
+def audio_path_is_frozen(model: nn.Module) -> bool:
+    """True when neither the audio encoder nor the adaptor has a trainable parameter (a `PeftModel` or not)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     modules = (base.model.audio_tower, base.model.multi_modal_projector)
     return not any(p.requires_grad for module in modules for p in module.parameters())
 
 
-def _audio_weights_fingerprint(base) -> str:
+def _audio_weights_fingerprint(base: nn.Module) -> str:
     digest = hashlib.sha256()
     for module in (base.model.audio_tower, base.model.multi_modal_projector):
         for name, tensor in sorted(module.state_dict().items()):
@@ -32,7 +34,7 @@ def _audio_weights_fingerprint(base) -> str:
     return digest.hexdigest()[:16]
 
 
-def add_audio_embeddings(dataset: datasets.Dataset, model, batch_size: int = 8) -> datasets.Dataset:
+def add_audio_embeddings(dataset: datasets.Dataset, model: nn.Module, batch_size: int = 8) -> datasets.Dataset:
     """Replace `input_features` by `audio_embeds` ([tokens, llm_hidden] float32 per example)."""
     if not audio_path_is_frozen(model):
         raise ValueError("frozen-path caching needs a frozen audio encoder AND adaptor (freeze both)")

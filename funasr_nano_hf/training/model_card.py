@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from ..data.featurize import FRAMES_PER_SECOND
 from ..evaluation import NORMALIZER_NAME
+
+if TYPE_CHECKING:
+    import datasets
+    from transformers import TrainingArguments
+
+    from .arguments import DataArguments, ModelArguments
 
 
 @dataclass
 class CardInfo:
+    """What the model card says about a run, gathered when training starts and rendered when the model is pushed."""
+
     base_model: str
     train_data: list[str]
     valid_data: list[str]
@@ -21,13 +30,57 @@ class CardInfo:
     use_lora: bool = True
     options: dict[str, Any] = field(default_factory=dict)  # the training options worth showing
 
+    @classmethod
+    def from_args(
+        cls,
+        model_args: ModelArguments,
+        data_args: DataArguments,
+        training_args: TrainingArguments,
+        train_set: datasets.Dataset,
+        valid_set: datasets.Dataset | None,
+    ) -> CardInfo:
+        """The card info of a run: its options and the featurized train / validation sets."""
+        frozen = (
+            ("audio_encoder", model_args.freeze_audio_encoder),
+            ("audio_adaptor", model_args.freeze_audio_adaptor),
+            ("llm", model_args.freeze_llm),
+        )
+        lora = "off"
+        if model_args.use_lora:
+            lora = (
+                f"r={model_args.lora_r}, alpha={model_args.lora_alpha}, dropout={model_args.lora_dropout}, "
+                f"targets={model_args.lora_target_modules}"
+            )
+        return cls(
+            base_model=model_args.model_dir,
+            train_data=list(data_args.train_data),
+            valid_data=list(data_args.valid_data),
+            train_examples=len(train_set),
+            train_hours=sum(train_set["num_frames"]) / FRAMES_PER_SECOND / 3600,
+            valid_examples=len(valid_set) if valid_set is not None else 0,
+            use_lora=model_args.use_lora,
+            options={
+                "learning_rate": training_args.learning_rate,
+                "num_train_epochs": training_args.num_train_epochs,
+                "per_device_train_batch_size": training_args.per_device_train_batch_size,
+                "gradient_accumulation_steps": training_args.gradient_accumulation_steps,
+                "batch_type": data_args.batch_type,
+                "llm_dtype": model_args.llm_dtype,
+                "lora": lora,
+                "frozen": ", ".join(name for name, is_frozen in frozen if is_frozen) or "none",
+                "seed": training_args.seed,
+            },
+        )
+
 
 def render_model_card(info: CardInfo, metrics: dict[str, float], model_name: str) -> str:
+    """README.md of the pushed model: front matter (model-index with the CER), data, results, options, usage."""
     cer = metrics.get("eval_cer")
+    tags = ["automatic-speech-recognition", "fun-asr-nano", "funasr_nano_hf"] + (["lora"] if info.use_lora else [])
     front = {
         "base_model": info.base_model,
         "library_name": "peft" if info.use_lora else "transformers",
-        "tags": ["automatic-speech-recognition", "fun-asr-nano", "funasr_nano_hf"] + (["lora"] if info.use_lora else []),
+        "tags": tags,
         "metrics": ["cer"],
     }
     if cer is not None:

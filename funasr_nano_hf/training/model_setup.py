@@ -1,16 +1,19 @@
-"""Freezing, LLM dtype and LoRA (peft) for fine-tuning, as FunASR's recipes set them up."""
+"""Freezing, LLM dtype and LoRA (peft) for fine-tuning, as FunASR's recipes set them up.
+
+`llm_dtype` is the dtype the LLM computes in: the language model (and its tied `lm_head`) is cast to it, while
+the audio encoder and adaptor stay fp32.
+"""
 
 from __future__ import annotations
 
 import logging
 
-import torch
+from torch import nn
 
+from ..models.configuration_funasr_nano import DTYPES
 from .arguments import ModelArguments
 
 logger = logging.getLogger(__name__)
-
-LLM_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def lora_target_regex(target_modules: str) -> str:
@@ -19,11 +22,12 @@ def lora_target_regex(target_modules: str) -> str:
     return rf"model\.language_model\..*\.({names})"
 
 
-def prepare_model_for_finetuning(model, args: ModelArguments):
-    """Returns the model to train (a `PeftModel` when `use_lora`)."""
-    if args.llm_dtype not in LLM_DTYPES:
-        raise ValueError(f"llm_dtype must be one of {sorted(LLM_DTYPES)}, got {args.llm_dtype!r}")
-    dtype = LLM_DTYPES[args.llm_dtype]
+def prepare_model_for_finetuning(model: nn.Module, args: ModelArguments) -> nn.Module:
+    """The model to train (a `PeftModel` when `use_lora`): the LLM cast to `llm_dtype` (the dtype it computes in;
+    the audio encoder and adaptor stay fp32), the frozen parts frozen, gradient checkpointing, LoRA."""
+    if args.llm_dtype not in DTYPES:
+        raise ValueError(f"llm_dtype must be one of {sorted(DTYPES)}, got {args.llm_dtype!r}")
+    dtype = DTYPES[args.llm_dtype]
     model.model.language_model.to(dtype)
     model.lm_head.to(dtype)  # tied to the embeddings: same tensor
     parts = {
@@ -49,7 +53,7 @@ def prepare_model_for_finetuning(model, args: ModelArguments):
         )
         model = get_peft_model(model, lora)
         # get_peft_model freezes everything but the adapters; re-open what the user asked to train.
-        for name, (module, frozen) in parts.items():
+        for module, frozen in parts.values():
             if not frozen:
                 module.requires_grad_(True)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

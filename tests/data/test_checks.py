@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from funasr_nano_hf.cli.main import main as cli_main
 from funasr_nano_hf.data.audio import fbank_frames, load_audio
-from funasr_nano_hf.errors import AudioError
 from funasr_nano_hf.data.checks import check_manifests
+from funasr_nano_hf.errors import AudioError
 
 
 def test_report_names_every_problem(broken_dir):
@@ -34,7 +36,10 @@ def test_cli_exit_codes(broken_dir, shared_dir, capsys):
     assert cli_main(["check-data", str(shared_dir / "data" / "tts" / "valid.jsonl")]) == 0
     assert cli_main(["check-data", str(broken_dir / "broken.jsonl"), "--json", str(broken_dir / "r.json")]) == 1
     assert "malformed JSON" in capsys.readouterr().out
-    assert (broken_dir / "r.json").is_file()
+    written = json.loads((broken_dir / "r.json").read_text(encoding="utf-8"))
+    assert set(written) == {"manifests", "records", "usable", "hours", "dropped", "errors", "warnings"}
+    assert written["records"] == 15 and len(written["warnings"]) == 4
+    assert any("malformed JSON" in error for error in written["errors"])
 
 
 def test_load_audio_resamples_and_downmixes(broken_dir):
@@ -58,8 +63,6 @@ def test_load_audio_errors_name_the_file(broken_dir, name, reason):
 
 
 def test_fbank_frames_matches_funasr(shared_dir):
-    import json
-
     import soundfile as sf
 
     tts = shared_dir / "data" / "tts"

@@ -1,4 +1,4 @@
-"""Featurisation through datasets: FunASR's training prompt, cached re-runs, counted length filters."""
+"""Featurization through datasets: FunASR's training prompt, cached re-runs, counted length filters."""
 
 from __future__ import annotations
 
@@ -23,19 +23,21 @@ def small_set(shared_dir, tmp_path) -> Path:
     for line in lines:
         row = json.loads(line)
         shutil.copy(tts / row["wav"], tmp_path / "wav" / Path(row["wav"]).name)
-    rewritten = [json.dumps({**json.loads(l), "wav": "wav/" + Path(json.loads(l)["wav"]).name}, ensure_ascii=False)
-                 for l in lines]
+    rows = [json.loads(line) for line in lines]
+    rewritten = [json.dumps({**row, "wav": "wav/" + Path(row["wav"]).name}, ensure_ascii=False) for row in rows]
     (tmp_path / "set.jsonl").write_text("\n".join(rewritten) + "\n", encoding="utf-8")
     return tmp_path
 
 
 def test_examples_follow_the_training_prompt(tiny_model, small_set, tmp_path):
     _, processor = tiny_model
-    dataset, report = build_dataset([str(small_set / "set.jsonl")], processor, DataConfig(cache_dir=str(tmp_path / "c")))
-    assert len(dataset) == report.kept == 6
+    config = DataConfig(cache_dir=str(tmp_path / "c"))
+    dataset, report = build_dataset([str(small_set / "set.jsonl")], processor, config)
+    assert len(dataset) == report.usable == report.read == 6
     row = dataset[0]
+    assert row["instruction"] is None  # plain JSONL: FunASR's default instruction
     waveform, _ = sf.read(row["audio"], dtype="float32")
-    expected = processor.build_training_example(waveform, row["text"], None)
+    expected = processor.build_training_example(waveform, row["text"], row["instruction"])
     assert row["input_ids"] == expected["input_ids"]
     assert row["labels"] == expected["labels"]
     assert row["prompt_length"] == expected["prompt_length"]
@@ -52,7 +54,7 @@ def test_second_run_is_a_cache_hit_without_audio(tiny_model, small_set, tmp_path
     first, _ = build_dataset([str(small_set / "set.jsonl")], processor, config)
     shutil.rmtree(small_set / "wav")  # any audio work now would fail
     second, report = build_dataset([str(small_set / "set.jsonl")], processor, config)
-    assert report.kept == 6 and not report.dropped.get("unreadable audio")
+    assert report.usable == 6 and not report.dropped.get("unreadable audio")
     assert second["input_ids"] == first["input_ids"]
 
 
@@ -70,7 +72,8 @@ def test_length_filters_are_counted_by_reason(tiny_model, small_set, tmp_path):
         [str(small_set / "set.jsonl")], processor, DataConfig(cache_dir=str(tmp_path / "d"), max_target_length=2)
     )
     assert report.dropped["transcript longer than max_target_length=2 tokens"] == 6
-    assert report.kept == 0
+    assert report.usable == 0
+    assert "dropped (transcript longer than max_target_length=2 tokens): 6" in report.format()
 
 
 def test_unreadable_audio_stops_or_is_skipped_with_a_count(tiny_model, small_set, tmp_path):
@@ -83,7 +86,8 @@ def test_unreadable_audio_stops_or_is_skipped_with_a_count(tiny_model, small_set
         [str(small_set / "set.jsonl")], processor, DataConfig(cache_dir=str(tmp_path / "b"), on_bad_data="skip")
     )
     assert report.dropped["unreadable audio"] == 1 and len(dataset) == 5
-    assert any(victim.name in problem for problem in report.problems)
+    assert any(victim.name in str(problem) and problem.severity == "error" for problem in report.problems)
+    assert report.to_dict()["dropped"] == {"unreadable audio": 1}
 
 
 def test_resampled_and_stereo_audio_is_reported(tiny_model, broken_dir, tmp_path):
@@ -92,7 +96,9 @@ def test_resampled_and_stereo_audio_is_reported(tiny_model, broken_dir, tmp_path
     _, processor = tiny_model
     rows = [{"key": "a", "wav": "sr8000.wav", "txt": "八千"}, {"key": "b", "wav": "stereo.wav", "txt": "立体声"}]
     (broken_dir / "ok_mixed.jsonl").write_text("\n".join(_json.dumps(r, ensure_ascii=False) for r in rows) + "\n")
-    dataset, report = build_dataset([str(broken_dir / "ok_mixed.jsonl")], processor, DataConfig(cache_dir=str(tmp_path)))
+    config = DataConfig(cache_dir=str(tmp_path))
+    dataset, report = build_dataset([str(broken_dir / "ok_mixed.jsonl")], processor, config)
     assert len(dataset) == 2
-    assert any("resampled from 8000 Hz" in p for p in report.problems)
-    assert any("downmixed 2 channels" in p for p in report.problems)
+    assert [p.severity for p in report.problems] == ["warning", "warning"]
+    assert any("resampled from 8000 Hz" in str(p) for p in report.problems)
+    assert any("downmixed 2 channels" in str(p) for p in report.problems)

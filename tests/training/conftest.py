@@ -1,4 +1,4 @@
-"""A small copy of the shared TTS set (48 train / 6 valid clips) for the training runs."""
+"""A small copy of the TTS test set (`shared_dir` fixture: 48 train / 6 valid clips) for the training runs."""
 
 from __future__ import annotations
 

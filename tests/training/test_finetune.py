@@ -1,5 +1,5 @@
-"""End to end: LoRA fine-tune of a tiny Fun-ASR-Nano (built by FunASR's classes) on the shared TTS data
-with examples/finetune.py in real processes: loss falls, CER from batched generation at every
+"""End to end: LoRA fine-tune of a tiny Fun-ASR-Nano (built by FunASR's classes) on the TTS test data
+(`shared_dir` fixture) with examples/finetune.py in real processes: loss falls, CER from batched generation at every
 validation, the adapter reloads and reproduces the CER, the n-best average is written. (kill -9 + --resume
 at five points of a run: tests/fault/test_kill_resume.py.)"""
 
