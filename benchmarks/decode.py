@@ -16,13 +16,12 @@ import time
 from pathlib import Path
 
 import soundfile as sf
-import torch
 
 from funasr_nano_hf import load_pretrained
-from funasr_nano_hf.testing.funasr_checkpoint import write_original_checkpoint
-from funasr_nano_hf.testing.funasr_reference import FunASRReference
 from funasr_nano_hf.inference import generate_ids
 from funasr_nano_hf.models import prompting
+from funasr_nano_hf.testing.funasr_checkpoint import write_original_checkpoint
+from funasr_nano_hf.testing.funasr_reference import FunASRReference
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -50,19 +49,24 @@ def main() -> None:
             ours: list[list[int]] = []
             started = time.perf_counter()
             for start in range(0, len(waveforms), batch_size):
-                ids = generate_ids(model, processor, waveforms[start : start + batch_size],
-                                   max_new_tokens=args.max_new_tokens)
+                ids = generate_ids(
+                    model, processor, waveforms[start : start + batch_size], max_new_tokens=args.max_new_tokens
+                )
                 ours += [[t for t in row.tolist() if t != processor.tokenizer.pad_token_id] for row in ids]
             seconds = time.perf_counter() - started
             same = sum(a == [t for t in b if t != processor.tokenizer.pad_token_id] for a, b in zip(ours, funasr_ids))
             rows.append((batch_size, seconds, same))
-    print(f"{args.size} architecture, random weights, fp32, CPU; {len(paths)} clips ({audio:.1f} s audio); "
-          f"greedy, {args.max_new_tokens} new tokens max")
+    print(
+        f"{args.size} architecture, random weights, fp32, CPU; {len(paths)} clips ({audio:.1f} s audio); "
+        f"greedy, {args.max_new_tokens} new tokens max"
+    )
     print(f"{'decoder':24s} {'seconds':>8s} {'utt/s':>7s} {'x FunASR':>8s} {'identical':>9s}")
     print(f"{'FunASR per utterance':24s} {funasr_seconds:8.2f} {len(paths) / funasr_seconds:7.2f} {1.0:8.2f} {'-':>9s}")
     for batch_size, seconds, same in rows:
-        print(f"{f'ours batch {batch_size}':24s} {seconds:8.2f} {len(paths) / seconds:7.2f} "
-              f"{funasr_seconds / seconds:8.2f} {same:>4d}/{len(paths)}")
+        print(
+            f"{f'ours batch {batch_size}':24s} {seconds:8.2f} {len(paths) / seconds:7.2f} "
+            f"{funasr_seconds / seconds:8.2f} {same:>4d}/{len(paths)}"
+        )
 
 
 if __name__ == "__main__":

@@ -17,9 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from funasr_nano_hf.testing.qwen_tokenizer import build_qwen3_tokenizer
 from funasr_nano_hf.data.featurize import DataConfig, build_dataset
 from funasr_nano_hf.models import FunAsrNanoHfFeatureExtractor, FunAsrNanoHfProcessor
+from funasr_nano_hf.testing.qwen_tokenizer import build_qwen3_tokenizer
 
 
 def repeated_manifest(source: Path, repeat: int, folder: Path) -> Path:
@@ -51,8 +51,10 @@ def main() -> None:
     args = parser.parse_args()
     processor = FunAsrNanoHfProcessor(FunAsrNanoHfFeatureExtractor(), build_qwen3_tokenizer())
     print(f"machine: {os.cpu_count()} CPU cores; processor: FunASR fbank+LFR, Qwen3 tokenizer")
-    print(f"{'set':>6s} {'clips':>6s} {'audio s':>8s} {'np=1 s':>8s} {'np=1 x RT':>9s} {'np=2 s':>8s} "
-          f"{'np=2 x RT':>9s} {'np2/np1':>7s} {'cached s':>8s} {'cached/first':>12s}")
+    print(
+        f"{'set':>6s} {'clips':>6s} {'audio s':>8s} {'np=1 s':>8s} {'np=1 x RT':>9s} {'np=2 s':>8s} "
+        f"{'np=2 x RT':>9s} {'np2/np1':>7s} {'cached s':>8s} {'cached/first':>12s}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in args.repeat:
             manifest = repeated_manifest(Path(args.data), repeat, Path(tmp))
@@ -61,8 +63,10 @@ def main() -> None:
             cached, _ = timed_build(manifest, processor, cache1, 1)
             two, _ = timed_build(manifest, processor, cache2, 2)
             clips = len(Path(manifest).read_text().splitlines())
-            print(f"x{repeat:<5d} {clips:6d} {audio:8.1f} {first:8.2f} {audio / first:9.1f} {two:8.2f} "
-                  f"{audio / two:9.1f} {first / two:7.2f} {cached:8.2f} {cached / first:12.3f}")
+            print(
+                f"x{repeat:<5d} {clips:6d} {audio:8.1f} {first:8.2f} {audio / first:9.1f} {two:8.2f} "
+                f"{audio / two:9.1f} {first / two:7.2f} {cached:8.2f} {cached / first:12.3f}"
+            )
 
 
 if __name__ == "__main__":

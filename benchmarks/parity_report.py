@@ -19,10 +19,10 @@ import soundfile as sf
 import torch
 
 from funasr_nano_hf import load_pretrained
-from funasr_nano_hf.testing.funasr_checkpoint import write_original_checkpoint
-from funasr_nano_hf.testing.funasr_reference import FunASRReference
 from funasr_nano_hf.inference import generate_ids
 from funasr_nano_hf.models import FunAsrNanoHfForConditionalGeneration, prompting
+from funasr_nano_hf.testing.funasr_checkpoint import write_original_checkpoint
+from funasr_nano_hf.testing.funasr_reference import FunASRReference
 
 TRANSCRIPT = "我想问我在滨海新区有房"
 
@@ -94,14 +94,23 @@ def main():
         folder = write_original_checkpoint(tmp, size=args.size, seed=0)
         reference = FunASRReference(folder)
         model, processor = load_pretrained(folder)
-        names = ["ours", "no x32768 scaling", "all frames as audio tokens", "adaptor LayerNorm eps 1e-5",
-                 "fp32 RoPE inv_freq"]
-        print(f"{'variant':32s} {'features':>10s} {'adaptor':>10s} {'tokens':>6s} {'logits':>10s} {'argmax':>7s} greedy")
+        names = [
+            "ours",
+            "no x32768 scaling",
+            "all frames as audio tokens",
+            "adaptor LayerNorm eps 1e-5",
+            "fp32 RoPE inv_freq",
+        ]
+        print(
+            f"{'variant':32s} {'features':>10s} {'adaptor':>10s} {'tokens':>6s} {'logits':>10s} {'argmax':>7s} greedy"
+        )
         for name in names:
             m, p = variant(model, processor, name)
             r = measure(m, p, reference, args.wav, waveform)
-            print(f"{name:32s} {r['features']:10.3g} {r['adaptor']:10.3g} {r['audio tokens']:6d} {r['logits']:10.3g} "
-                  f"{r['argmax agree']:7.2%} {r['greedy equal']}")
+            print(
+                f"{name:32s} {r['features']:10.3g} {r['adaptor']:10.3g} {r['audio tokens']:6d} {r['logits']:10.3g} "
+                f"{r['argmax agree']:7.2%} {r['greedy equal']}"
+            )
 
 
 if __name__ == "__main__":

@@ -28,8 +28,9 @@ LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": ["q_pro
 def pick_clips(n: int = 4) -> list[dict]:
     rows = list(csv.DictReader(open(SHARED / "train_meta.tsv", encoding="utf-8"), delimiter="\t"))
     chosen = [r for r in rows if 3.0 <= float(r["duration_s"]) <= 4.0][:n]
-    return [{"key": r["key"], "wav": str(SHARED / "wav" / "train" / f"{r['key']}.wav"), "txt": r["txt"]}
-            for r in chosen]
+    return [
+        {"key": r["key"], "wav": str(SHARED / "wav" / "train" / f"{r['key']}.wav"), "txt": r["txt"]} for r in chosen
+    ]
 
 
 def _timed_steps(step, steps: int) -> list[float]:
@@ -46,8 +47,8 @@ def run_funasr(checkpoint: str, clips: list[dict], steps: int) -> dict:
     import torch
     from torch.nn.utils.rnn import pad_sequence
 
-    from funasr_nano_hf.testing.funasr_reference import FunASRReference
     from funasr_nano_hf.models import prompting
+    from funasr_nano_hf.testing.funasr_reference import FunASRReference
 
     ref = FunASRReference(checkpoint)
     model = ref.model
@@ -97,9 +98,16 @@ def run_ours(checkpoint: str, clips: list[dict], steps: int, cached: bool) -> di
     from funasr_nano_hf.training.model_setup import prepare_model_for_finetuning
 
     model, processor = load_pretrained(checkpoint)
-    model = prepare_model_for_finetuning(model, ModelArguments(
-        model_dir=checkpoint, lora_r=LORA["r"], lora_alpha=LORA["lora_alpha"], lora_dropout=0.0,
-        lora_target_modules=",".join(LORA["target_modules"])))
+    model = prepare_model_for_finetuning(
+        model,
+        ModelArguments(
+            model_dir=checkpoint,
+            lora_r=LORA["r"],
+            lora_alpha=LORA["lora_alpha"],
+            lora_dropout=0.0,
+            lora_target_modules=",".join(LORA["target_modules"]),
+        ),
+    )
     with tempfile.TemporaryDirectory() as tmp:
         manifest = Path(tmp) / "batch.jsonl"
         manifest.write_text("\n".join(json.dumps(c, ensure_ascii=False) for c in clips) + "\n", encoding="utf-8")
@@ -152,26 +160,46 @@ def main() -> None:
         audio = sum(sf.info(c["wav"]).duration for c in clips)
         results = {}
         for variant in ("funasr", "ours", "ours_cached"):
-            out = subprocess.run([sys.executable, __file__, "--variant", variant, "--checkpoint", checkpoint,
-                                  "--steps", str(args.steps)], capture_output=True, text=True)
-            line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--variant",
+                    variant,
+                    "--checkpoint",
+                    checkpoint,
+                    "--steps",
+                    str(args.steps),
+                ],
+                capture_output=True,
+                text=True,
+            )
+            line = next((row for row in out.stdout.splitlines() if row.startswith("RESULT ")), None)
             if line is None:
                 raise SystemExit(f"{variant} failed:\n{out.stderr[-3000:]}")
             results[variant] = json.loads(line[7:])
-    print(f"real Fun-ASR-Nano-2512 architecture, random weights, fp32, CPU; batch {len(clips)} clips, "
-          f"{audio:.1f} s audio; LoRA r={LORA['r']} on {','.join(LORA['target_modules'])}; {args.steps} timed steps")
+    print(
+        f"real Fun-ASR-Nano-2512 architecture, random weights, fp32, CPU; batch {len(clips)} clips, "
+        f"{audio:.1f} s audio; LoRA r={LORA['r']} on {','.join(LORA['target_modules'])}; {args.steps} timed steps"
+    )
     print(f"{'variant':14s} {'s/step':>8s} {'steps/s':>8s} {'audio s/s':>9s} {'peak RSS GB':>11s} {'loss@0':>10s}")
     speed = {}
     for name, r in results.items():
         per_step = sum(r["times"]) / len(r["times"])
         speed[name] = 1 / per_step
-        print(f"{name:14s} {per_step:8.2f} {1 / per_step:8.3f} {audio / per_step:9.2f} {r['peak_rss_gb']:11.2f} "
-              f"{r['loss0']:10.5f}")
-    print(f"ratios (steps/s): ours/funasr {speed['ours'] / speed['funasr']:.2f}x, "
-          f"ours_cached/funasr {speed['ours_cached'] / speed['funasr']:.2f}x, "
-          f"ours_cached/ours {speed['ours_cached'] / speed['ours']:.2f}x")
-    print(f"loss before any update: |ours - funasr| = {abs(results['ours']['loss0'] - results['funasr']['loss0']):.2e}; "
-          f"one-off cost of caching the batch's audio embeddings: {results['ours_cached']['cache_seconds']:.2f} s")
+        print(
+            f"{name:14s} {per_step:8.2f} {1 / per_step:8.3f} {audio / per_step:9.2f} {r['peak_rss_gb']:11.2f} "
+            f"{r['loss0']:10.5f}"
+        )
+    print(
+        f"ratios (steps/s): ours/funasr {speed['ours'] / speed['funasr']:.2f}x, "
+        f"ours_cached/funasr {speed['ours_cached'] / speed['funasr']:.2f}x, "
+        f"ours_cached/ours {speed['ours_cached'] / speed['ours']:.2f}x"
+    )
+    print(
+        f"loss before any update: |ours - funasr| = {abs(results['ours']['loss0'] - results['funasr']['loss0']):.2e}; "
+        f"one-off cost of caching the batch's audio embeddings: {results['ours_cached']['cache_seconds']:.2f} s"
+    )
 
 
 if __name__ == "__main__":

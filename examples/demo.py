@@ -43,8 +43,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--valid_data", default=str(BUNDLED / "data" / "heldout.jsonl"))
     parser.add_argument("--output_dir", default="outputs/demo")
     parser.add_argument("--max_epoch", type=int, default=15)
-    parser.add_argument("--lr", type=float, default=None,
-                        help="default 3e-3 for the bundled small model, 1e-4 (FunASR's guide) for any other model")
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="default 3e-3 for the bundled small model, 1e-4 (FunASR's guide) for any other model",
+    )
     parser.add_argument("--examples", type=int, default=4, help="held-out transcripts to print before/after")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -63,29 +67,58 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     model, processor = load_pretrained(args.model_dir)
     own_domain = BUNDLED / "data" / "pretrain_domain.jsonl"
     if bundled and own_domain.is_file():
-        print(f"[demo] bundled model on its pretraining domain (unseen sentences): CER "
-              f"{cer_on(model, processor, own_domain)[0]:.4f}")
+        print(
+            f"[demo] bundled model on its pretraining domain (unseen sentences): CER "
+            f"{cer_on(model, processor, own_domain)[0]:.4f}"
+        )
     before, pairs_before = cer_on(model, processor, valid)
     print(f"[demo] {args.model_dir}: CER before fine-tuning {before:.4f} on {valid} ({NORMALIZER_NAME})")
 
     import finetune
 
     # The held-out set is only measured, never used to pick a checkpoint: the adapter is the last step's.
-    finetune.main([
-        "--model_dir", args.model_dir, "--train_data", args.train_data, "--output_dir", str(out / "lora"),
-        "--max_epoch", str(args.max_epoch), "--per_device_train_batch_size", "16", "--lr", str(args.lr),
-        "--warmup_steps", "20", "--lora_r", "16", "--lora_alpha", "32", "--lora_dropout", "0.05",
-        "--lora_target_modules", "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
-        "--log_interval", "10", "--save_checkpoint_interval", "100", "--dataloader_num_workers", "0",
-        *([] if torch.cuda.is_available() else ["--use_cpu"]),
-    ])
+    finetune.main(
+        [
+            "--model_dir",
+            args.model_dir,
+            "--train_data",
+            args.train_data,
+            "--output_dir",
+            str(out / "lora"),
+            "--max_epoch",
+            str(args.max_epoch),
+            "--per_device_train_batch_size",
+            "16",
+            "--lr",
+            str(args.lr),
+            "--warmup_steps",
+            "20",
+            "--lora_r",
+            "16",
+            "--lora_alpha",
+            "32",
+            "--lora_dropout",
+            "0.05",
+            "--lora_target_modules",
+            "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+            "--log_interval",
+            "10",
+            "--save_checkpoint_interval",
+            "100",
+            "--dataloader_num_workers",
+            "0",
+            *([] if torch.cuda.is_available() else ["--use_cpu"]),
+        ]
+    )
     base, processor = load_pretrained(args.model_dir)
     tuned = PeftModel.from_pretrained(base, str(out / "lora" / "final")).eval()
     after, pairs_after = cer_on(tuned, processor, valid)
     for (reference, old), (_, new) in list(zip(pairs_before, pairs_after))[: args.examples]:
         print(f"[demo]   ref {reference!r}\n[demo]     before {old!r}\n[demo]     after  {new!r}")
-    print(f"[demo] CER on {valid.name} ({NORMALIZER_NAME}): before {before:.4f} -> after {after:.4f} "
-          f"({time.perf_counter() - started:.0f} s in all)")
+    print(
+        f"[demo] CER on {valid.name} ({NORMALIZER_NAME}): before {before:.4f} -> after {after:.4f} "
+        f"({time.perf_counter() - started:.0f} s in all)"
+    )
     return {"cer_before": before, "cer_after": after}
 
 

@@ -47,17 +47,28 @@ def fallback_shared_dir(dest: Path, train: int = 240, valid: int = 40) -> Path:
             frames = int((len(waveform) / 16 - 25) // 10 + 1)
             instruction = "语音转写：" if language == "zh" else "Speech transcription:"
             plain.append({"key": key, "wav": wav, "txt": row["txt"]})
-            chatml.append({"key": key, "messages": [
-                {"role": "system", "content": "You are a helpful assistant."},
-                {"role": "user", "content": f"{instruction}<|startofspeech|>!{wav}<|endofspeech|>"},
-                {"role": "assistant", "content": row["txt"]},
-            ], "speech_length": frames, "text_length": len(row["txt"])})
-            source_target.append({"key": key, "source": wav, "target": row["txt"], "source_len": frames,
-                                  "target_len": len(row["txt"])})
+            chatml.append(
+                {
+                    "key": key,
+                    "messages": [
+                        {"role": "system", "content": "You are a helpful assistant."},
+                        {"role": "user", "content": f"{instruction}<|startofspeech|>!{wav}<|endofspeech|>"},
+                        {"role": "assistant", "content": row["txt"]},
+                    ],
+                    "speech_length": frames,
+                    "text_length": len(row["txt"]),
+                }
+            )
+            source_target.append(
+                {"key": key, "source": wav, "target": row["txt"], "source_len": frames, "target_len": len(row["txt"])}
+            )
             scp.append(f"{key} {wav}")
             text.append(f"{key} {row['txt']}")
-        for name, lines in ((f"{split}.jsonl", plain), (f"{split}_chatml.jsonl", chatml),
-                            (f"{split}_source_target.jsonl", source_target)):
+        for name, lines in (
+            (f"{split}.jsonl", plain),
+            (f"{split}_chatml.jsonl", chatml),
+            (f"{split}_source_target.jsonl", source_target),
+        ):
             (tts / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in lines), encoding="utf-8")
         (tts / f"{split}_wav.scp").write_text("".join(line + "\n" for line in scp), encoding="utf-8")
         (tts / f"{split}_text.txt").write_text("".join(line + "\n" for line in text), encoding="utf-8")
@@ -89,15 +100,29 @@ def tts_subset(shared_dir: Path, dest: Path, train: int, valid: int = 0) -> Path
 # ---------------------------------------------------------------------------------------------------------
 # examples/finetune.py in a real process
 # ---------------------------------------------------------------------------------------------------------
-def finetune_cmd(model_dir: Path, data_dir: Path, out: Path, *extra: str, **options: object) -> list[str]:
-    """`python examples/finetune.py` on `data_dir/{train,valid}.jsonl` (valid only if present) into `out`.
+def finetune_args(model_dir: Path, data_dir: Path, out: Path, *extra: str, valid: bool = True) -> list[str]:
+    """`examples/finetune.py` and its arguments on `data_dir/{train,valid}.jsonl` (valid if present and
+    `valid`) into `out`; `extra` comes last, so it overrides (argparse keeps the last value)."""
+    has_valid = valid and (data_dir / "valid.jsonl").is_file()
+    return [
+        str(a)
+        for a in (
+            FINETUNE,
+            "--model_dir",
+            model_dir,
+            "--train_data",
+            data_dir / "train.jsonl",
+            *(("--valid_data", data_dir / "valid.jsonl") if has_valid else ()),
+            "--output_dir",
+            out,
+            *extra,
+        )
+    ]
 
-    `options` (name=value, as `--name value`) come first and `extra` last, so `extra` overrides (argparse
-    keeps the last value)."""
-    valid = ["--valid_data", str(data_dir / "valid.jsonl")] if (data_dir / "valid.jsonl").is_file() else []
-    flags = [item for name, value in options.items() for item in (f"--{name}", str(value))]
-    return [sys.executable, str(FINETUNE), "--model_dir", str(model_dir), "--train_data",
-            str(data_dir / "train.jsonl"), *valid, "--output_dir", str(out), *flags, *extra]
+
+def finetune_cmd(model_dir: Path, data_dir: Path, out: Path, *extra: str, valid: bool = True) -> list[str]:
+    """`finetune_args` run by this interpreter."""
+    return [sys.executable, *finetune_args(model_dir, data_dir, out, *extra, valid=valid)]
 
 
 def run(cmd: list[str], *, env: dict[str, str] | None = None, returncode: int = 0, timeout: int = 900) -> str:

@@ -81,8 +81,13 @@ def test_load_finetune_transcribe_without_funasr(tmp_path):
         assert "funasr" not in sys.modules, sorted(m for m in sys.modules if m.startswith("funasr."))
         print("TRANSCRIPT", repr(texts[0]))
     """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=900,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]
     assert "TRANSCRIPT" in result.stdout

@@ -38,8 +38,14 @@ from funasr_nano_hf.testing.funasr_checkpoint import (  # noqa: E402
 # 2-layer Transformer adaptor, Qwen3 decoder with GQA and tied embeddings), small widths.
 SMALL_ENCODER = {"output_size": 256, "attention_heads": 4, "linear_units": 512, "num_blocks": 5, "tp_blocks": 1}
 SMALL_ADAPTOR = {"ffn_dim": 512, "llm_dim": 256, "encoder_dim": 256, "n_layer": 2}
-SMALL_LLM = {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 3, "num_attention_heads": 4,
-             "num_key_value_heads": 2, "head_dim": 64}
+SMALL_LLM = {
+    "hidden_size": 256,
+    "intermediate_size": 512,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 64,
+}
 
 
 def small_configs(tokenizer) -> tuple[dict, dict]:
@@ -47,10 +53,14 @@ def small_configs(tokenizer) -> tuple[dict, dict]:
     conf["audio_encoder_conf"].update(SMALL_ENCODER)
     conf["audio_adaptor_conf"].update(SMALL_ADAPTOR)
     qwen = dict(QWEN3_0_6B_CONFIG)
-    qwen.update(SMALL_LLM, max_window_layers=SMALL_LLM["num_hidden_layers"], max_position_embeddings=4096,
-                vocab_size=(len(tokenizer) + 63) // 64 * 64,
-                bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
-                eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"))
+    qwen.update(
+        SMALL_LLM,
+        max_window_layers=SMALL_LLM["num_hidden_layers"],
+        max_position_embeddings=4096,
+        vocab_size=(len(tokenizer) + 63) // 64 * 64,
+        bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+    )
     return conf, qwen
 
 
@@ -88,32 +98,84 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = build_qwen_tokenizer_for_texts(tokenizer_texts([pretrain_train, pretrain_valid]))
     print(f"[pretrain] tokenizer: {len(tokenizer)} tokens")
     yaml_conf, qwen_config = small_configs(tokenizer)
+
+    def initial_checkpoint(folder: Path, dtype: torch.dtype) -> Path:
+        """The seeded FunASR-built initial model, stored in `dtype` (the same weights every call)."""
+        write_original_checkpoint(
+            folder, seed=args.seed, tokenizer=tokenizer, yaml_conf=yaml_conf, qwen_config=qwen_config, store_dtype=dtype
+        )
+        return folder
+
     if not args.export_only:
         import finetune
 
-        init = work / "init"
-        write_original_checkpoint(init, seed=args.seed, tokenizer=tokenizer, yaml_conf=yaml_conf,
-                                  qwen_config=qwen_config, store_dtype=torch.float32)
-        finetune.main([
-            "--model_dir", str(init), "--train_data", str(pretrain_train), "--valid_data", str(pretrain_valid),
-            "--output_dir", str(work / "train"), "--use_lora", "false", "--freeze_audio_encoder", "false",
-            "--freeze_audio_adaptor", "false", "--freeze_llm", "false", "--llm_dtype", "fp32",
-            "--max_steps", str(args.max_steps), "--max_epoch", "1000", "--lr", str(args.lr),
-            "--lr_scheduler_type", "cosine", "--warmup_steps", str(args.max_steps // 20), "--weight_decay", "0.01",
-            "--per_device_train_batch_size", str(args.batch_size), "--per_device_eval_batch_size", "50",
-            "--max_eval_samples", "100", "--eval_max_new_tokens", "24",
-            "--log_interval", "25", "--validate_interval", str(args.max_steps // 5),
-            "--save_checkpoint_interval", str(args.max_steps // 5), "--keep_nbest_models", "2",
-            "--avg_nbest_model", "1", "--early_stopping_patience", "0", "--use_cpu", "--dataloader_num_workers", "0",
-            "--seed", str(args.seed), "--resume", str(args.resume).lower(),
-        ])
+        init = initial_checkpoint(work / "init", torch.float32)
+        finetune.main(
+            [
+                "--model_dir",
+                str(init),
+                "--train_data",
+                str(pretrain_train),
+                "--valid_data",
+                str(pretrain_valid),
+                "--output_dir",
+                str(work / "train"),
+                "--use_lora",
+                "false",
+                "--freeze_audio_encoder",
+                "false",
+                "--freeze_audio_adaptor",
+                "false",
+                "--freeze_llm",
+                "false",
+                "--llm_dtype",
+                "fp32",
+                "--max_steps",
+                str(args.max_steps),
+                "--max_epoch",
+                "1000",
+                "--lr",
+                str(args.lr),
+                "--lr_scheduler_type",
+                "cosine",
+                "--warmup_steps",
+                str(args.max_steps // 20),
+                "--weight_decay",
+                "0.01",
+                "--per_device_train_batch_size",
+                str(args.batch_size),
+                "--per_device_eval_batch_size",
+                "50",
+                "--max_eval_samples",
+                "100",
+                "--eval_max_new_tokens",
+                "24",
+                "--log_interval",
+                "25",
+                "--validate_interval",
+                str(args.max_steps // 5),
+                "--save_checkpoint_interval",
+                str(args.max_steps // 5),
+                "--keep_nbest_models",
+                "2",
+                "--avg_nbest_model",
+                "1",
+                "--early_stopping_patience",
+                "0",
+                "--use_cpu",
+                "--dataloader_num_workers",
+                "0",
+                "--seed",
+                str(args.seed),
+                "--resume",
+                str(args.resume).lower(),
+            ]
+        )
     model_out = out / "model"
     if model_out.exists():
         shutil.rmtree(model_out)
     # bf16 like the release: the base decides the stored dtypes.
-    bf16_base = work / "init_bf16"
-    write_original_checkpoint(bf16_base, seed=args.seed, tokenizer=tokenizer, yaml_conf=yaml_conf,
-                              qwen_config=qwen_config, store_dtype=torch.bfloat16)
+    bf16_base = initial_checkpoint(work / "init_bf16", torch.bfloat16)
     export_funasr(work / "train" / "final", bf16_base, model_out)
     if (out / "data").exists():
         shutil.rmtree(out / "data")
@@ -137,7 +199,8 @@ def ship_data(manifest: Path, target: Path, name: str, limit: int | None = None)
         (target / row["wav"]).parent.mkdir(parents=True, exist_ok=True)
         sf.write(target / row["wav"], audio, rate, format="OGG", subtype="OPUS")
     (target / f"{name}.jsonl").write_text(
-        "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+        "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8"
+    )
 
 
 if __name__ == "__main__":

@@ -56,8 +56,15 @@ def _transcribe(args: argparse.Namespace) -> int:
     waveforms = [load_audio(path)[0] for _, path, _ in items]
     kwargs = {"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {}
     results = transcribe_detailed(
-        model, processor, waveforms, batch_size=args.batch_size, language=args.language,
-        hotwords=[w for w in (args.hotwords or "").split(",") if w], itn=args.itn, progress=True, **kwargs,
+        model,
+        processor,
+        waveforms,
+        batch_size=args.batch_size,
+        language=args.language,
+        hotwords=[w for w in (args.hotwords or "").split(",") if w],
+        itn=args.itn,
+        progress=True,
+        **kwargs,
     )
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     for (key, _, reference), result in zip(items, results):
@@ -75,8 +82,9 @@ def _transcribe(args: argparse.Namespace) -> int:
         from ..evaluation import NORMALIZER_NAME, compute_cer
 
         scores = compute_cer([p for p, _ in references], [r for _, r in references])
-        print(f"CER {scores['cer']:.4f} on {len(references)} utterances (normaliser {NORMALIZER_NAME})",
-              file=sys.stderr)
+        print(
+            f"CER {scores['cer']:.4f} on {len(references)} utterances (normaliser {NORMALIZER_NAME})", file=sys.stderr
+        )
     return 0
 
 
@@ -84,8 +92,10 @@ def _export_funasr(args: argparse.Namespace) -> int:
     from ..conversion.export import export_funasr
 
     counts = export_funasr(args.model, args.base, args.output, adapter_dir=args.adapter)
-    print(f"wrote {args.output} in FunASR's original layout: {counts['changed']} tensors changed, "
-          f"{counts['unchanged']} unchanged and {counts['extra']} extra (bit-identical to the base)")
+    print(
+        f"wrote {args.output} in FunASR's original layout: {counts['changed']} tensors changed, "
+        f"{counts['unchanged']} unchanged and {counts['extra']} extra (bit-identical to the base)"
+    )
     return 0
 
 
@@ -95,15 +105,21 @@ def _convert_manifest(args: argparse.Namespace) -> int:
     tokenizer = None
     if args.calculate_lengths:
         if not args.tokenizer:
-            raise SystemExit("convert-data: --tokenizer DIR (the model's tokenizer, e.g. Fun-ASR-Nano-2512/Qwen3-0.6B) "
-                             "is needed to compute target lengths; or pass --no-calculate-lengths")
+            raise SystemExit(
+                "convert-data: --tokenizer DIR (the model's tokenizer, e.g. Fun-ASR-Nano-2512/Qwen3-0.6B) "
+                "is needed to compute target lengths; or pass --no-calculate-lengths"
+            )
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     else:
         print("lengths not computed: length filtering and batching will compute them from the audio")
     written, problems = convert_manifest(
-        args.input, args.output, to=args.to, tokenizer=tokenizer, calculate_lengths=args.calculate_lengths,
+        args.input,
+        args.output,
+        to=args.to,
+        tokenizer=tokenizer,
+        calculate_lengths=args.calculate_lengths,
         text_path=args.text,
     )
     for problem in problems:
@@ -121,8 +137,13 @@ def _check_data(args: argparse.Namespace) -> int:
     pending = list(args.text or [])
     for manifest in args.manifests:
         texts.append(pending.pop(0) if manifest.endswith(".scp") and pending else None)
-    report = check_manifests(args.manifests, text_paths=texts, max_duration_s=args.max_duration,
-                             min_duration_s=args.min_duration, max_text_length=args.max_text_length)
+    report = check_manifests(
+        args.manifests,
+        text_paths=texts,
+        max_duration_s=args.max_duration,
+        min_duration_s=args.min_duration,
+        max_text_length=args.max_text_length,
+    )
     print(report.format())
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
@@ -162,7 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--output", required=True)
     export.set_defaults(func=_export_funasr)
 
-    convert_data = commands.add_parser("convert-data", help="manifest conversion: any manifest -> FunASR ChatML / source-target JSONL")
+    convert_data = commands.add_parser(
+        "convert-data", help="manifest conversion: any manifest -> FunASR ChatML / source-target JSONL"
+    )
     convert_data.add_argument("--input", required=True)
     convert_data.add_argument("--output", required=True)
     convert_data.add_argument("--to", choices=["chatml", "source-target"], default="chatml")
@@ -175,8 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
         "check-data", help="validate manifests; report counts, hours, histograms, problems (exit 1 on errors)"
     )
     check.add_argument("manifests", nargs="+", help="jsonl / chatml / source-target / wav.scp manifests")
-    check.add_argument("--text", action="append", default=None,
-                       help="transcript file of a wav.scp (once per .scp, in order)")
+    check.add_argument(
+        "--text", action="append", default=None, help="transcript file of a wav.scp (once per .scp, in order)"
+    )
     check.add_argument("--max-duration", type=float, default=20.0, help="seconds (FunASR: 2000 fbank frames)")
     check.add_argument("--min-duration", type=float, default=0.1)
     check.add_argument("--max-text-length", type=int, default=200)

@@ -38,7 +38,7 @@ AUDIO_TOKEN = "<|object_ref_start|>"
 
 
 def detect_layout(path: str | Path) -> str:
-    """"original" (FunASR: config.yaml + model.pt) or "hf" (config.json of our model type)."""
+    """ "original" (FunASR: config.yaml + model.pt) or "hf" (config.json of our model type)."""
     folder = Path(path)
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: not a directory (expected a FunASR model folder or an HF folder)")
@@ -206,9 +206,7 @@ def load_original(
     return model, processor
 
 
-def _cast_llm(
-    model: FunAsrNanoHfForConditionalGeneration, dtype: torch.dtype
-) -> FunAsrNanoHfForConditionalGeneration:
+def _cast_llm(model: FunAsrNanoHfForConditionalGeneration, dtype: torch.dtype) -> FunAsrNanoHfForConditionalGeneration:
     """Cast the LLM only: the audio encoder and adaptor stay fp32 as in FunASR."""
     model.model.language_model.to(dtype)
     model.lm_head.to(dtype)

@@ -1,10 +1,11 @@
-"""Data: manifest readers, audio, checks, featurization (datasets), padding, batch samplers."""
+"""Data: manifest readers/writers, audio, checks and their report, featurization (datasets), padding, batch samplers."""
 
 from ..errors import AudioError, DataError
 from .audio import fbank_frames, load_audio
 from .collator import FunAsrNanoCollator
 from .featurize import DataConfig, build_dataset
 from .readers import AsrRecord, Problem, read_manifest, read_manifests
+from .report import DataReport
 from .samplers import build_batch_sampler
 
 __all__ = [
@@ -12,6 +13,7 @@ __all__ = [
     "AudioError",
     "DataConfig",
     "DataError",
+    "DataReport",
     "FunAsrNanoCollator",
     "Problem",
     "build_batch_sampler",

@@ -9,6 +9,7 @@ import numpy as np
 import soundfile as sf
 import torch
 import torchaudio
+
 from ..errors import AudioError
 
 

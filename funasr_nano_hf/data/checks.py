@@ -43,8 +43,9 @@ def check_manifests(
         duration = info.frames / info.samplerate
         ok = True
         if info.samplerate != EXPECTED_SR:
-            report.problems.append(Problem(where, "audio", f"{info.samplerate} Hz: will be resampled to 16 kHz",
-                                           "warning"))
+            report.problems.append(
+                Problem(where, "audio", f"{info.samplerate} Hz: will be resampled to 16 kHz", "warning")
+            )
         if info.channels > 1:
             report.problems.append(Problem(where, "audio", f"{info.channels} channels: will be downmixed", "warning"))
         if duration > max_duration_s:

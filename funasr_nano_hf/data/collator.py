@@ -45,7 +45,9 @@ class FunAsrNanoCollator:
             side = "left"
         else:
             side = "right"
-            batch["labels"] = _pad([torch.as_tensor(e["labels"], dtype=torch.long) for e in examples], IGNORE_INDEX, side)
+            batch["labels"] = _pad(
+                [torch.as_tensor(e["labels"], dtype=torch.long) for e in examples], IGNORE_INDEX, side
+            )
         batch["input_ids"] = _pad(ids, self.pad_token_id, side)
         batch["attention_mask"] = _pad([torch.ones_like(row) for row in ids], 0, side)
         return batch

@@ -86,8 +86,10 @@ def detect_format(path: str | Path) -> str:
             return "source_target"
         if "wav" in keys and ("txt" in keys or "text" in keys):
             return "jsonl"
-        raise ValueError(f"{path}: unknown manifest format: first record has keys {sorted(keys)}; expected "
-                         "{key, wav, txt}, {source, target, ...}, {messages, ...} or a Kaldi wav.scp")
+        raise ValueError(
+            f"{path}: unknown manifest format: first record has keys {sorted(keys)}; expected "
+            "{key, wav, txt}, {source, target, ...}, {messages, ...} or a Kaldi wav.scp"
+        )
     raise ValueError(f"{path}: unknown manifest format: no JSON object line found (a Kaldi list needs a .scp name)")
 
 
@@ -128,8 +130,18 @@ def _record_from_row(fmt: str, row: dict, base: Path, where: str, problems: list
             problems.append(Problem(where, "source", "missing field"))
             return None
         key = str(row.get("key") or Path(audio).stem)
-        return AsrRecord(key, _resolve(base, audio), text, source=where, speech_length=row.get("source_len"),
-                         text_length=row.get("target_len")) if text else None
+        return (
+            AsrRecord(
+                key,
+                _resolve(base, audio),
+                text,
+                source=where,
+                speech_length=row.get("source_len"),
+                text_length=row.get("target_len"),
+            )
+            if text
+            else None
+        )
     # chatml
     messages = row.get("messages")
     if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
@@ -155,15 +167,28 @@ def _record_from_row(fmt: str, row: dict, base: Path, where: str, problems: list
     if isinstance(row.get("hotwords"), list):
         hotwords = [str(w) for w in row["hotwords"]]
     audio = match.group(1).strip()
-    return AsrRecord(str(row.get("key") or Path(audio).stem), _resolve(base, audio), text, instruction=instruction,
-                     language=language, hotwords=hotwords, itn=itn, source=where,
-                     speech_length=row.get("speech_length"), text_length=row.get("text_length"))
+    return AsrRecord(
+        str(row.get("key") or Path(audio).stem),
+        _resolve(base, audio),
+        text,
+        instruction=instruction,
+        language=language,
+        hotwords=hotwords,
+        itn=itn,
+        source=where,
+        speech_length=row.get("speech_length"),
+        text_length=row.get("text_length"),
+    )
 
 
 def _kaldi_text_path(scp: Path) -> Path | None:
     name = scp.name
-    for candidate in (name.replace("wav.scp", "text"), name.replace("wav.scp", "text.txt"),
-                      name.replace(".scp", ".txt"), "text"):
+    for candidate in (
+        name.replace("wav.scp", "text"),
+        name.replace("wav.scp", "text.txt"),
+        name.replace(".scp", ".txt"),
+        "text",
+    ):
         if candidate != name and (scp.parent / candidate).is_file():
             return scp.parent / candidate
     return None
@@ -175,6 +200,7 @@ def _read_kaldi(scp: Path, text_path: Path | None, result: ReadResult) -> None:
     if text_path is None:
         problems.append(Problem(str(scp), "text", "no transcript file found (pass text_path / --text)"))
         return
+
     def table(path: Path, field_name: str) -> dict[str, tuple[str, str]]:
         rows: dict[str, tuple[str, str]] = {}
         for number, line in _lines(path, problems):
@@ -188,6 +214,7 @@ def _read_kaldi(scp: Path, text_path: Path | None, result: ReadResult) -> None:
                 continue
             rows[parts[0]] = (parts[1].strip(), where)
         return rows
+
     wavs, texts = table(scp, "wav"), table(text_path, "text")
     for key, (audio, where) in wavs.items():
         if key not in texts:
@@ -238,7 +265,9 @@ def _flag_duplicates(result: ReadResult, seen: dict[str, str] | None = None) -> 
     kept = []
     for record in result.records:
         if record.key in seen:
-            result.problems.append(Problem(record.source, "key", f"duplicate key {record.key!r} (first at {seen[record.key]})"))
+            result.problems.append(
+                Problem(record.source, "key", f"duplicate key {record.key!r} (first at {seen[record.key]})")
+            )
             continue
         seen[record.key] = record.source
         kept.append(record)

@@ -413,7 +413,12 @@ class TokenBatchSampler(BatchSamplerBase):
                 action = "each get a batch of their own, over the budget"
             logger.warning(
                 "%d example(s) longer than max_tokens=%d %s: indices %s%s (longest %d)",
-                too_long.size, self.max_tokens, action, shown, more, int(self.lengths[too_long].max()),
+                too_long.size,
+                self.max_tokens,
+                action,
+                shown,
+                more,
+                int(self.lengths[too_long].max()),
             )
 
     def _config(self) -> dict[str, Any]:
@@ -481,7 +486,11 @@ def build_batch_sampler(
         if max_tokens is None:
             raise ValueError("batch_type='token' needs max_tokens (the padded-size budget per batch)")
         return TokenBatchSampler(
-            lengths, max_tokens=max_tokens, max_batch_size=max_batch_size, sort_size=sort_size, oversize=oversize,
+            lengths,
+            max_tokens=max_tokens,
+            max_batch_size=max_batch_size,
+            sort_size=sort_size,
+            oversize=oversize,
             **common,
         )
     if batch_size is None:

@@ -15,8 +15,9 @@ from typing import Any
 
 import soundfile as sf
 
+from ..models.prompting import DEFAULT_SYSTEM_PROMPT, speech_span
+from ..models.prompting import instruction as default_instruction
 from .audio import fbank_frames
-from ..models.prompting import DEFAULT_SYSTEM_PROMPT, instruction as default_instruction, speech_span
 from .readers import AsrRecord, Problem, read_manifest
 
 logger = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 MIXED_CER_PATH = Path(__file__).resolve().parent / "metrics" / "mixed_cer"
 
 
-def load_cer_metric(**kwargs: Any) -> "evaluate.EvaluationModule":
+def load_cer_metric(**kwargs: Any) -> evaluate.EvaluationModule:
     """Load the mixed zh/en CER metric from the package folder (offline); `kwargs` go to `evaluate.load`.
 
     Defaults to `keep_in_memory=True` for a single process, so scoring writes no Arrow cache files and
@@ -34,7 +34,7 @@ def load_cer_metric(**kwargs: Any) -> "evaluate.EvaluationModule":
 
 
 @functools.lru_cache(maxsize=1)
-def _default_metric() -> "evaluate.EvaluationModule":
+def _default_metric() -> evaluate.EvaluationModule:
     """Load once per process: `compute_cer` is called on every evaluation step."""
     return load_cer_metric()
 

@@ -27,21 +27,7 @@ import torch
 
 AudioLike = str | Path | np.ndarray
 
-__all__ = [
-    "AudioLike",
-    "Decoded",
-    "GenerationBatch",
-    "decode_batches",
-    "default_max_new_tokens",
-    "featurized_batches",
-    "generate_batch",
-    "generate_ids",
-    "repeated_span",
-    "transcribe",
-    "transcribe_detailed",
-    "transcribe_featurized",
-    "waveform_batches",
-]
+# The public names are listed once, in `funasr_nano_hf.inference.__all__`.
 
 
 def default_max_new_tokens(duration_s: float) -> int:
@@ -123,8 +109,7 @@ def decode_batches(
     eos = _eos_ids(model)
     pad = processor.tokenizer.pad_token_id
     for batch in batches:
-        ids = generate_batch(model, batch.inputs, max_new_tokens=batch.max_new_tokens, device=device,
-                             **generate_kwargs)
+        ids = generate_batch(model, batch.inputs, max_new_tokens=batch.max_new_tokens, device=device, **generate_kwargs)
         decoded = []
         for row, text in zip(ids.tolist(), processor.batch_decode_transcripts(ids)):
             tokens = [t for t in row if t != pad]
@@ -169,7 +154,10 @@ def waveform_batches(
     for chunk in chunks:
         clips = [waveforms[i] for i in chunk]
         inputs = processor.prepare_transcription(
-            clips, language=language, hotwords=hotwords, itn=itn,
+            clips,
+            language=language,
+            hotwords=hotwords,
+            itn=itn,
             instructions=None if instructions is None else [instructions[i] for i in chunk],
         )
         cap = max_new_tokens if max_new_tokens is not None else default_max_new_tokens(max(map(len, clips)) / rate)
@@ -191,8 +179,14 @@ def generate_ids(
     pad_token_id (`generate_batch` on `waveform_batches`' batch)."""
     max_new_tokens = generate_kwargs.pop("max_new_tokens", None)
     (batch,) = waveform_batches(
-        processor, waveforms, [range(len(waveforms))], max_new_tokens=max_new_tokens, language=language,
-        hotwords=hotwords, itn=itn, instructions=instructions,
+        processor,
+        waveforms,
+        [range(len(waveforms))],
+        max_new_tokens=max_new_tokens,
+        language=language,
+        hotwords=hotwords,
+        itn=itn,
+        instructions=instructions,
     )
     return generate_batch(model, batch.inputs, max_new_tokens=batch.max_new_tokens, **generate_kwargs)
 
@@ -223,12 +217,18 @@ def transcribe_detailed(
     order = sorted(range(len(waveforms)), key=lambda i: len(waveforms[i]), reverse=True)
     chunks = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
     batches = waveform_batches(
-        processor, waveforms, chunks, max_new_tokens=generate_kwargs.pop("max_new_tokens", None),
-        language=language, hotwords=hotwords, itn=itn,
+        processor,
+        waveforms,
+        chunks,
+        max_new_tokens=generate_kwargs.pop("max_new_tokens", None),
+        language=language,
+        hotwords=hotwords,
+        itn=itn,
     )
     results: list[dict[str, Any] | None] = [None] * len(waveforms)
-    decoded = decode_batches(model, processor, tqdm(batches, total=len(chunks), disable=not progress,
-                                                    desc="transcribing"), **generate_kwargs)
+    decoded = decode_batches(
+        model, processor, tqdm(batches, total=len(chunks), disable=not progress, desc="transcribing"), **generate_kwargs
+    )
     for chunk, rows in zip(chunks, decoded):
         for index, row in zip(chunk, rows):
             results[index] = {
@@ -240,24 +240,10 @@ def transcribe_detailed(
     return results  # type: ignore[return-value]
 
 
-def transcribe(
-    model: Any,
-    processor: Any,
-    audio: AudioLike | Sequence[AudioLike],
-    *,
-    batch_size: int = 8,
-    language: str | None = None,
-    hotwords: Sequence[str] | None = None,
-    itn: bool = True,
-    **generate_kwargs: Any,
-) -> list[str]:
-    """Transcribe paths or 16 kHz mono arrays: the texts of `transcribe_detailed`. `generate_kwargs` (e.g.
-    ``max_new_tokens``) go to `generate`."""
-    results = transcribe_detailed(
-        model, processor, audio, batch_size=batch_size, language=language, hotwords=hotwords, itn=itn,
-        **generate_kwargs,
-    )
-    return [result["text"] for result in results]
+def transcribe(model: Any, processor: Any, audio: AudioLike | Sequence[AudioLike], **kwargs: Any) -> list[str]:
+    """Transcribe paths or 16 kHz mono arrays: the texts of `transcribe_detailed`, which takes the same keyword
+    arguments (``batch_size``, ``language``, ``hotwords``, ``itn``, generation options such as ``max_new_tokens``)."""
+    return [result["text"] for result in transcribe_detailed(model, processor, audio, **kwargs)]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -295,7 +281,11 @@ def transcribe_featurized(
     **generate_kwargs: Any,
 ) -> list[Decoded]:
     """Greedy transcripts of featurized rows (`featurized_batches`), in row order: the Trainer's CER decoding."""
-    batches = featurized_batches(rows, processor.tokenizer.pad_token_id, batch_size=batch_size,
-                                 max_new_tokens=max_new_tokens)
-    return [row for decoded in decode_batches(model, processor, batches, device=device, **generate_kwargs)
-            for row in decoded]
+    batches = featurized_batches(
+        rows, processor.tokenizer.pad_token_id, batch_size=batch_size, max_new_tokens=max_new_tokens
+    )
+    return [
+        row
+        for decoded in decode_batches(model, processor, batches, device=device, **generate_kwargs)
+        for row in decoded
+    ]

@@ -13,7 +13,9 @@ import re
 from collections.abc import Sequence
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
-HOTWORD_HEADER = "请结合上下文信息，更加准确地完成语音转写任务。如果没有相关信息，我们会留空。\n\n\n**上下文信息：**\n\n\n"
+HOTWORD_HEADER = (
+    "请结合上下文信息，更加准确地完成语音转写任务。如果没有相关信息，我们会留空。\n\n\n**上下文信息：**\n\n\n"
+)
 NO_ITN_SUFFIX = "，不进行文本规整"
 
 # Nano was trained with Chinese language names in "语音转写成<NAME>：".

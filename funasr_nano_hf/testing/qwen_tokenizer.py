@@ -18,9 +18,9 @@ from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
 
+from tokenizers import AddedToken
 from transformers import Qwen2Tokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
-from tokenizers import AddedToken
 
 # Qwen3's added tokens in id order, starting right after the BPE ranks (151643 in the real vocabulary).
 # `special=False` entries are added tokens that decoding keeps (as in Qwen3's tokenizer_config.json).
@@ -102,9 +102,7 @@ def _vocab_and_merges(ranks: dict[bytes, int]) -> tuple[dict[str, int], list[tup
         return "".join(byte_encoder[b] for b in token)
 
     vocab = {to_str(token): rank for token, rank in ranks.items()}
-    merges = [
-        (rank, *map(to_str, _final_merge(token, ranks, rank))) for token, rank in ranks.items() if len(token) > 1
-    ]
+    merges = [(rank, *map(to_str, _final_merge(token, ranks, rank))) for token, rank in ranks.items() if len(token) > 1]
     merges.sort()
     return vocab, [(left, right) for _, left, right in merges]
 

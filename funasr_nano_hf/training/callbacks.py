@@ -215,7 +215,9 @@ class NBestCheckpointCallback(TrainerCallback):
             logger.warning(
                 "NBestCheckpointCallback with save_total_limit=%s: the Trainer deletes older checkpoints by "
                 "recency first, possibly some of the %s best by %s; prefer save_total_limit=None",
-                args.save_total_limit, self.keep_nbest_models, self.metric,
+                args.save_total_limit,
+                self.keep_nbest_models,
+                self.metric,
             )
         if args.eval_strategy == "no":
             logger.warning("NBestCheckpointCallback: eval_strategy='no', checkpoints get no %s to rank by", self.metric)
@@ -236,14 +238,13 @@ class NBestCheckpointCallback(TrainerCallback):
             self._warned_missing = True
             logger.warning(
                 "NBestCheckpointCallback: %r is not among the evaluation metrics %s; checkpoints are not ranked",
-                self.metric, sorted(metrics),
+                self.metric,
+                sorted(metrics),
             )
         if state.is_world_process_zero:
             self._safe_prune(args, state)
 
-    def on_save(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> None:
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         if self._training and state.is_world_process_zero:
             self._adopt(args, state)
             self._safe_prune(args, state)
@@ -282,7 +283,10 @@ class NBestCheckpointCallback(TrainerCallback):
             self.averaged_dir = average_checkpoints([checkpoints[step] for step in chosen], out)
             logger.info(
                 "n-best: averaged %s (%s %s) into %s",
-                [checkpoints[step].name for step in chosen], self.metric, [scores[step] for step in chosen], out,
+                [checkpoints[step].name for step in chosen],
+                self.metric,
+                [scores[step] for step in chosen],
+                out,
             )
             remaining = self._checkpoints(args.output_dir, state.global_step)
             order = ranked + sorted(step for step in remaining if step not in scores)
@@ -478,9 +482,7 @@ class CurvePlotCallback(TrainerCallback):
         except Exception:  # noqa: BLE001 -- a plot must not stop training
             logger.exception("curve plot %s failed", self.path(args))
 
-    def on_evaluate(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> None:
+    def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         self._save(args, state)
 
     def on_train_end(

@@ -84,35 +84,61 @@ def render_model_card(info: CardInfo, metrics: dict[str, float], model_name: str
         "metrics": ["cer"],
     }
     if cer is not None:
-        front["model-index"] = [{
-            "name": model_name,
-            "results": [{
-                "task": {"type": "automatic-speech-recognition"},
-                "dataset": {"name": ", ".join(info.valid_data) or "validation", "type": "custom"},
-                "metrics": [{"type": "cer", "value": round(float(cer), 6), "name": f"CER ({NORMALIZER_NAME})"}],
-            }],
-        }]
+        front["model-index"] = [
+            {
+                "name": model_name,
+                "results": [
+                    {
+                        "task": {"type": "automatic-speech-recognition"},
+                        "dataset": {"name": ", ".join(info.valid_data) or "validation", "type": "custom"},
+                        "metrics": [{"type": "cer", "value": round(float(cer), 6), "name": f"CER ({NORMALIZER_NAME})"}],
+                    }
+                ],
+            }
+        ]
     lines = [
-        "---", yaml.safe_dump(front, allow_unicode=True, sort_keys=False).strip(), "---", "",
-        f"# {model_name}", "",
+        "---",
+        yaml.safe_dump(front, allow_unicode=True, sort_keys=False).strip(),
+        "---",
+        "",
+        f"# {model_name}",
+        "",
         f"Fun-ASR-Nano fine-tuned from `{info.base_model}` with "
         f"[funasr_nano_hf]({'https://pypi.org/project/funasr-nano-hf/'}) "
-        f"({'LoRA adapter' if info.use_lora else 'full weights'}).", "",
-        "## Data", "",
+        f"({'LoRA adapter' if info.use_lora else 'full weights'}).",
+        "",
+        "## Data",
+        "",
         f"- train: {', '.join(info.train_data)} — {info.train_examples} utterances, {info.train_hours:.2f} h",
-        f"- validation: {', '.join(info.valid_data) or '(none)'} — {info.valid_examples} utterances", "",
-        "## Results", "",
-        "| metric | value |", "|---|---|",
+        f"- validation: {', '.join(info.valid_data) or '(none)'} — {info.valid_examples} utterances",
+        "",
+        "## Results",
+        "",
+        "| metric | value |",
+        "|---|---|",
     ]
     for key in sorted(metrics):
         if key.startswith("eval_") and isinstance(metrics[key], (int, float)):
             lines.append(f"| {key} | {metrics[key]:.6g} |")
-    lines += ["", f"CER is computed after the `{NORMALIZER_NAME}` normaliser (NFKC, lower case, punctuation "
-              "removed; Chinese by character, other scripts by word).", "", "## Training arguments", "",
-              "| option | value |", "|---|---|"]
+    lines += [
+        "",
+        f"CER is computed after the `{NORMALIZER_NAME}` normaliser (NFKC, lower case, punctuation "
+        "removed; Chinese by character, other scripts by word).",
+        "",
+        "## Training arguments",
+        "",
+        "| option | value |",
+        "|---|---|",
+    ]
     lines += [f"| {key} | {value} |" for key, value in info.options.items()]
-    lines += ["", "## Use", "", "```python", "import funasr_nano_hf",
-              f'model, processor = funasr_nano_hf.load_pretrained("{info.base_model}")']
+    lines += [
+        "",
+        "## Use",
+        "",
+        "```python",
+        "import funasr_nano_hf",
+        f'model, processor = funasr_nano_hf.load_pretrained("{info.base_model}")',
+    ]
     if info.use_lora:
         lines += ["from peft import PeftModel", f'model = PeftModel.from_pretrained(model, "{model_name}")']
     lines += ['print(funasr_nano_hf.transcribe(model, processor, ["audio.wav"]))', "```", ""]

@@ -138,7 +138,8 @@ class NonFiniteGuard:
         self.skipped.append(SkippedBatch(step, reason, tuple(keys)))
         logger.warning(
             "%s: batch skipped, no optimizer update from it (--on_nonfinite skip; %d skipped so far)",
-            where, len(self.skipped),
+            where,
+            len(self.skipped),
         )
 
     def summary(self) -> str | None:

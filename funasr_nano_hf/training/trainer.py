@@ -255,8 +255,12 @@ class FunAsrNanoTrainer(Trainer):
         fault_point("step_begin")
         try:
             with out_of_memory_guard(
-                step, shape, device=str(self.args.device), batch_type=self.batch_type,
-                batch_size=self.args.per_device_train_batch_size, max_tokens=self.max_tokens,
+                step,
+                shape,
+                device=str(self.args.device),
+                batch_type=self.batch_type,
+                batch_size=self.args.per_device_train_batch_size,
+                max_tokens=self.max_tokens,
             ):
                 loss = super().training_step(model, inputs, num_items_in_batch)
         except SkipBatch as skipped:
@@ -268,12 +272,16 @@ class FunAsrNanoTrainer(Trainer):
         return loss
 
     def compute_loss(
-        self, model: torch.nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
         num_items_in_batch: Any = None,
     ) -> Any:
         """`Trainer.compute_loss`; in a training step the loss is checked before backward (`nonfinite`)."""
-        result = super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                      num_items_in_batch=num_items_in_batch)
+        result = super().compute_loss(
+            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+        )
         if self._step_keys is not None:  # a training step, not evaluation
             loss = result[0] if return_outputs else result
             self.nonfinite.check_loss(loss, self.state.global_step + 1, self._step_keys)
@@ -354,7 +362,11 @@ class FunAsrNanoTrainer(Trainer):
             output.metrics[f"{metric_key_prefix}_cer"] = scores["cer"]
             logger.info(
                 "%s CER %.4f (normaliser %s) on %d utterances, decoded in %.1fs",
-                metric_key_prefix, scores["cer"], NORMALIZER_NAME, len(predictions), time.perf_counter() - started,
+                metric_key_prefix,
+                scores["cer"],
+                NORMALIZER_NAME,
+                len(predictions),
+                time.perf_counter() - started,
             )
         return output
 
@@ -371,8 +383,12 @@ class FunAsrNanoTrainer(Trainer):
         world, rank = self.args.world_size, self.args.process_index
         shard = dataset.shard(num_shards=world, index=rank, contiguous=True) if world > 1 else dataset
         decoded = transcribe_featurized(
-            model, self.processor, shard, batch_size=batch_size or self.args.per_device_eval_batch_size,
-            max_new_tokens=self.eval_max_new_tokens, device=self.args.device,
+            model,
+            self.processor,
+            shard,
+            batch_size=batch_size or self.args.per_device_eval_batch_size,
+            max_new_tokens=self.eval_max_new_tokens,
+            device=self.args.device,
         )
         predictions = [row.text for row in decoded]
         model.train(was_training)

@@ -14,8 +14,24 @@ def test_files_and_manifest_to_jsonl_with_cer(tiny_original_dir, tiny_model, sha
     wav = str(shared_dir / "data" / "real" / "sample.wav")
     manifest = str(shared_dir / "data" / "real" / "real.jsonl")
     out = tmp_path / "out.jsonl"
-    assert cli_main(["transcribe", "--model", str(tiny_original_dir), "--batch-size", "2", "--max-new-tokens", "8",
-                     "--output", str(out), wav, manifest]) == 0
+    assert (
+        cli_main(
+            [
+                "transcribe",
+                "--model",
+                str(tiny_original_dir),
+                "--batch-size",
+                "2",
+                "--max-new-tokens",
+                "8",
+                "--output",
+                str(out),
+                wav,
+                manifest,
+            ]
+        )
+        == 0
+    )
     rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert [r["key"] for r in rows] == ["sample", json.loads(open(manifest).readline())["key"]]
     assert rows[1]["reference"] == "我想问我在滨海新区有房" and rows[0]["duration"] == 6.0

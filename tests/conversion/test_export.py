@@ -23,8 +23,11 @@ def adapter_dir(tiny_original_dir, shared_dir, tmp_path_factory):
     """A LoRA adapter trained for a few real optimizer steps on the shared data."""
     model, processor = load_pretrained(tiny_original_dir)
     model = prepare_model_for_finetuning(model, ModelArguments(model_dir=str(tiny_original_dir), lora_dropout=0.0))
-    dataset, _ = build_dataset([str(shared_dir / "data" / "tts" / "valid.jsonl")], processor,
-                               DataConfig(cache_dir=str(tmp_path_factory.mktemp("c"))))
+    dataset, _ = build_dataset(
+        [str(shared_dir / "data" / "tts" / "valid.jsonl")],
+        processor,
+        DataConfig(cache_dir=str(tmp_path_factory.mktemp("c"))),
+    )
     collate = FunAsrNanoCollator(pad_token_id=processor.tokenizer.pad_token_id)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     model.train()
@@ -46,19 +49,39 @@ def test_export_round_trip_funasr_transcribes_like_us(tiny_original_dir, adapter
     hf_dir = tmp_path / "hf"
     assert cli_main(["convert", str(tiny_original_dir), str(hf_dir)]) == 0
     out = tmp_path / "exported"
-    assert cli_main(["export-funasr", "--model", str(hf_dir), "--adapter", str(adapter_dir),
-                     "--base", str(tiny_original_dir), "--output", str(out)]) == 0
+    assert (
+        cli_main(
+            [
+                "export-funasr",
+                "--model",
+                str(hf_dir),
+                "--adapter",
+                str(adapter_dir),
+                "--base",
+                str(tiny_original_dir),
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     base = read_model_pt(tiny_original_dir / "model.pt")
     exported = read_model_pt(out / "model.pt")
     assert list(exported) == list(base)
     changed = [k for k in base if not torch.equal(base[k], exported[k])]
-    assert changed and all(k.startswith("llm.model.layers.") and k.endswith(("q_proj.weight", "k_proj.weight",
-                                                                             "v_proj.weight", "o_proj.weight"))
-                           for k in changed), changed
+    assert changed and all(
+        k.startswith("llm.model.layers.")
+        and k.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight"))
+        for k in changed
+    ), changed
     for key in base:
         assert exported[key].dtype == base[key].dtype, key
-    for key in ("ctc.ctc_lo.weight", "ctc.ctc_lo.bias", "ctc_decoder.linear1.weight",
-                "audio_encoder.after_norm.weight"):
+    for key in (
+        "ctc.ctc_lo.weight",
+        "ctc.ctc_lo.bias",
+        "ctc_decoder.linear1.weight",
+        "audio_encoder.after_norm.weight",
+    ):
         assert torch.equal(exported[key], base[key])
 
     model, processor = load_pretrained(tiny_original_dir)

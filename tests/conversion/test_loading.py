@@ -43,9 +43,10 @@ def test_converted_folder_transcribes_identically(tiny_model, converted_dir, sam
     model, processor = tiny_model
     hf_model, hf_processor = load_pretrained(converted_dir)
     waveform, _ = sf.read(str(sample_wav), dtype="float32")
-    assert generate_ids(hf_model, hf_processor, [waveform], max_new_tokens=16).tolist() == generate_ids(
-        model, processor, [waveform], max_new_tokens=16
-    ).tolist()
+    assert (
+        generate_ids(hf_model, hf_processor, [waveform], max_new_tokens=16).tolist()
+        == generate_ids(model, processor, [waveform], max_new_tokens=16).tolist()
+    )
     for key, value in model.state_dict().items():
         assert torch.equal(value, hf_model.state_dict()[key]), key
     # The CTC stand-in tensors have no place in the HF model: kept beside it, bit-identical.
@@ -80,8 +81,12 @@ def test_stock_transformers_refuses_loudly(converted_dir):
 
 def test_convert_console_script(tiny_original_dir, tmp_path):
     exe = shutil.which("funasr-nano-hf") or os.path.join(os.path.dirname(sys.executable), "funasr-nano-hf")
-    result = subprocess.run([exe, "convert", str(tiny_original_dir), str(tmp_path / "out"), "--dtype", "bf16"],
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [exe, "convert", str(tiny_original_dir), str(tmp_path / "out"), "--dtype", "bf16"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     model, _ = load_pretrained(tmp_path / "out")
     assert model.lm_head.weight.dtype == torch.bfloat16
@@ -89,6 +94,7 @@ def test_convert_console_script(tiny_original_dir, tmp_path):
 
 
 # ---- broken inputs: each error names the file (and key/shape for weights) ----------------------------
+
 
 def test_missing_model_pt(tiny_original_dir, tmp_path):
     folder = _copy(tiny_original_dir, tmp_path / "m")

@@ -16,9 +16,19 @@ from funasr_nano_hf.conversion.original_layout import (
 
 LAYOUT = OriginalLayout(num_blocks=3, tp_blocks=2, adaptor_blocks=2)
 ENCODER_PARAMS = [
-    "self_attn.linear_q_k_v.weight", "self_attn.linear_q_k_v.bias", "self_attn.linear_out.weight",
-    "self_attn.linear_out.bias", "self_attn.fsmn_block.weight", "feed_forward.w_1.weight", "feed_forward.w_1.bias",
-    "feed_forward.w_2.weight", "feed_forward.w_2.bias", "norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias",
+    "self_attn.linear_q_k_v.weight",
+    "self_attn.linear_q_k_v.bias",
+    "self_attn.linear_out.weight",
+    "self_attn.linear_out.bias",
+    "self_attn.fsmn_block.weight",
+    "feed_forward.w_1.weight",
+    "feed_forward.w_1.bias",
+    "feed_forward.w_2.weight",
+    "feed_forward.w_2.bias",
+    "norm1.weight",
+    "norm1.bias",
+    "norm2.weight",
+    "norm2.bias",
 ]
 ADAPTOR_PARAMS = [
     f"self_attn.linear_{name}.{kind}" for name in ("q", "k", "v", "out") for kind in ("weight", "bias")
@@ -91,8 +101,16 @@ def test_layout_and_config_from_yaml():
         "audio_adaptor_conf": {"n_layer": 2, "ffn_dim": 16},
         "llm_conf": {"llm_dtype": "bf16"},
     }
-    qwen = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 4,
-            "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 100, "model_type": "qwen3"}
+    qwen = {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "vocab_size": 100,
+        "model_type": "qwen3",
+    }
     assert layout_from_config(yaml_conf) == LAYOUT
     config = hf_config_from_original(yaml_conf, qwen, audio_token_id=7)
     assert (config.rope_inv_freq_dtype, config.llm_dtype) == ("bfloat16", "bf16")

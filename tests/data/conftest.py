@@ -25,21 +25,21 @@ def broken_dir(shared_dir, tmp_path_factory) -> Path:
     (folder / "corrupt.wav").write_bytes(np.random.default_rng(0).bytes(2000))
     sf.write(folder / "long.wav", np.tile(wav, 20), rate)
     rows = [
-        {"key": "good", "wav": "good.wav", "txt": "号码是八四零四五"},                # line 1
-        {"key": "missing", "wav": "nowhere.wav", "txt": "不存在"},                    # line 2
-        {"key": "corrupt", "wav": "corrupt.wav", "txt": "坏文件"},                    # line 3
-        {"key": "empty_audio", "wav": "empty.wav", "txt": "空的"},                   # line 4
-        {"key": "sr8k", "wav": "sr8000.wav", "txt": "八千"},                          # line 5
-        {"key": "sr44k", "wav": "sr44100.wav", "txt": "四万四"},                      # line 6
-        {"key": "sr48k", "wav": "sr48000.wav", "txt": "四万八"},                      # line 7
-        {"key": "stereo", "wav": "stereo.wav", "txt": "立体声"},                      # line 8
-        {"key": "blank", "wav": "good.wav", "txt": "   "},                            # line 9
-        None,                                                                         # line 10: malformed
-        {"key": "nofield", "wav": "good.wav"},                                        # line 11: missing txt
-        {"key": "good", "wav": "good.wav", "txt": "重复"},                            # line 12: duplicate key
-        {"key": "long", "wav": "long.wav", "txt": "很长"},                            # line 13
-        {"key": "longtext", "wav": "good.wav", "txt": "长" * 300},                    # line 14
-        "BADBYTES",                                                                   # line 15: not UTF-8
+        {"key": "good", "wav": "good.wav", "txt": "号码是八四零四五"},  # line 1
+        {"key": "missing", "wav": "nowhere.wav", "txt": "不存在"},  # line 2
+        {"key": "corrupt", "wav": "corrupt.wav", "txt": "坏文件"},  # line 3
+        {"key": "empty_audio", "wav": "empty.wav", "txt": "空的"},  # line 4
+        {"key": "sr8k", "wav": "sr8000.wav", "txt": "八千"},  # line 5
+        {"key": "sr44k", "wav": "sr44100.wav", "txt": "四万四"},  # line 6
+        {"key": "sr48k", "wav": "sr48000.wav", "txt": "四万八"},  # line 7
+        {"key": "stereo", "wav": "stereo.wav", "txt": "立体声"},  # line 8
+        {"key": "blank", "wav": "good.wav", "txt": "   "},  # line 9
+        None,  # line 10: malformed
+        {"key": "nofield", "wav": "good.wav"},  # line 11: missing txt
+        {"key": "good", "wav": "good.wav", "txt": "重复"},  # line 12: duplicate key
+        {"key": "long", "wav": "long.wav", "txt": "很长"},  # line 13
+        {"key": "longtext", "wav": "good.wav", "txt": "长" * 300},  # line 14
+        "BADBYTES",  # line 15: not UTF-8
     ]
     lines = []
     for row in rows:

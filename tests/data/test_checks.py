@@ -18,10 +18,19 @@ def test_report_names_every_problem(broken_dir):
     text = report.format()
     path = str(broken_dir / "broken.jsonl")
     expect = {
-        2: "missing audio file", 3: "unreadable or corrupt audio", 4: "zero-length audio",
-        5: "8000 Hz: will be resampled", 6: "44100 Hz: will be resampled", 7: "48000 Hz: will be resampled",
-        8: "2 channels: will be downmixed", 9: "empty or whitespace-only transcript", 10: "malformed JSON",
-        11: "missing field", 12: "duplicate key", 13: "is longer than 20", 14: "transcript length 300 exceeds 200",
+        2: "missing audio file",
+        3: "unreadable or corrupt audio",
+        4: "zero-length audio",
+        5: "8000 Hz: will be resampled",
+        6: "44100 Hz: will be resampled",
+        7: "48000 Hz: will be resampled",
+        8: "2 channels: will be downmixed",
+        9: "empty or whitespace-only transcript",
+        10: "malformed JSON",
+        11: "missing field",
+        12: "duplicate key",
+        13: "is longer than 20",
+        14: "transcript length 300 exceeds 200",
         15: "not UTF-8",
     }
     for line, reason in expect.items():
@@ -54,8 +63,10 @@ def test_load_audio_resamples_and_downmixes(broken_dir):
     np.testing.assert_allclose(wav, good * 0.75, atol=1e-4)
 
 
-@pytest.mark.parametrize("name, reason", [("nowhere.wav", "missing audio file"), ("corrupt.wav", "unreadable"),
-                                          ("empty.wav", "zero-length audio")])
+@pytest.mark.parametrize(
+    "name, reason",
+    [("nowhere.wav", "missing audio file"), ("corrupt.wav", "unreadable"), ("empty.wav", "zero-length audio")],
+)
 def test_load_audio_errors_name_the_file(broken_dir, name, reason):
     with pytest.raises(AudioError, match=reason) as err:
         load_audio(str(broken_dir / name))

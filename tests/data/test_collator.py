@@ -36,8 +36,10 @@ def test_generation_batch_keeps_prompts_left_padded():
 
 
 def test_cached_audio_embeddings_are_padded_with_their_own_mask():
-    rows = [{"audio_embeds": np.ones((3, 2)), "input_ids": [1], "labels": [1]},
-            {"audio_embeds": np.ones((1, 2)), "input_ids": [1], "labels": [1]}]
+    rows = [
+        {"audio_embeds": np.ones((3, 2)), "input_ids": [1], "labels": [1]},
+        {"audio_embeds": np.ones((1, 2)), "input_ids": [1], "labels": [1]},
+    ]
     batch = FunAsrNanoCollator(pad_token_id=0)(rows)
     assert "input_features" not in batch
     assert batch["audio_embeds_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]

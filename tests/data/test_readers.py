@@ -6,12 +6,16 @@ import json
 
 import pytest
 
-from funasr_nano_hf.data.writers import convert_manifest
 from funasr_nano_hf.data.readers import detect_format, read_manifest, read_manifests
+from funasr_nano_hf.data.writers import convert_manifest
 from funasr_nano_hf.models.prompting import parse_instruction
 
-FORMATS = {"valid.jsonl": "jsonl", "valid_chatml.jsonl": "chatml", "valid_source_target.jsonl": "source_target",
-           "valid_wav.scp": "kaldi"}
+FORMATS = {
+    "valid.jsonl": "jsonl",
+    "valid_chatml.jsonl": "chatml",
+    "valid_source_target.jsonl": "source_target",
+    "valid_wav.scp": "kaldi",
+}
 
 
 def _key(record):
@@ -38,13 +42,16 @@ def test_chatml_prompt_is_kept(shared_dir):
     assert records[0].speech_length == 88
 
 
-@pytest.mark.parametrize("prompt, expected", [
-    ("语音转写成英文：", ("en", True, None)),
-    ("语音转写，不进行文本规整：", (None, False, None)),
-    ("Speech transcription without text normalization:", (None, False, None)),
-    ("Transcribe speech into Chinese:", ("zh", True, None)),
-    ("请结合上下文信息…\n热词列表：[滨海新区, 房子]\n语音转写：", (None, True, ["滨海新区", "房子"])),
-])
+@pytest.mark.parametrize(
+    "prompt, expected",
+    [
+        ("语音转写成英文：", ("en", True, None)),
+        ("语音转写，不进行文本规整：", (None, False, None)),
+        ("Speech transcription without text normalization:", (None, False, None)),
+        ("Transcribe speech into Chinese:", ("zh", True, None)),
+        ("请结合上下文信息…\n热词列表：[滨海新区, 房子]\n语音转写：", (None, True, ["滨海新区", "房子"])),
+    ],
+)
 def test_parse_instruction(prompt, expected):
     assert parse_instruction(prompt) == expected
 
@@ -84,7 +91,10 @@ def test_kaldi_unpaired_ids_reported(tmp_path, shared_dir):
     result = read_manifest(tmp_path / "wav.scp")
     assert [r.key for r in result.records] == ["a"]
     reasons = sorted(p.reason for p in result.problems)
-    assert reasons == ["key 'b' has no transcript in " + str(tmp_path / "text"), "key 'c' has no audio in " + str(tmp_path / "wav.scp")]
+    assert reasons == [
+        "key 'b' has no transcript in " + str(tmp_path / "text"),
+        "key 'c' has no audio in " + str(tmp_path / "wav.scp"),
+    ]
 
 
 @pytest.mark.parametrize("to", ["chatml", "source-target"])
@@ -101,6 +111,11 @@ def test_convert_round_trip(shared_dir, tmp_path, to):
     expected_frames = json.loads((shared_dir / "data" / "tts" / "valid_chatml.jsonl").read_text().splitlines()[0])
     frames = first.get("speech_length", first.get("source_len"))
     assert frames == expected_frames["speech_length"]
-    assert first.get("text_length", first.get("target_len")) == len(tokenizer.encode("two nine", add_special_tokens=False))
+    assert first.get("text_length", first.get("target_len")) == len(
+        tokenizer.encode("two nine", add_special_tokens=False)
+    )
     _, _ = convert_manifest(source, tmp_path / "fast.jsonl", to=to, calculate_lengths=False)
-    assert "speech_length" not in (tmp_path / "fast.jsonl").read_text() and "source_len" not in (tmp_path / "fast.jsonl").read_text()
+    assert (
+        "speech_length" not in (tmp_path / "fast.jsonl").read_text()
+        and "source_len" not in (tmp_path / "fast.jsonl").read_text()
+    )

@@ -14,7 +14,6 @@ import pytest
 
 from funasr_nano_hf.evaluation import MIXED_CER_PATH, NORMALIZER_NAME, compute_cer, load_cer_metric
 
-
 _OFFLINE_SCRIPT = textwrap.dedent(
     """
     import json, socket, sys

@@ -21,7 +21,9 @@ def test_brief_example() -> None:
 
 def test_full_width_equals_half_width() -> None:
     assert normalize_text("ＨＥＬＬＯ　Ｗｏｒｌｄ１２３，ＯＫ！") == "hello world123 ok"
-    assert tokenize_for_cer("你好，世界！ＡＢＣ") == tokenize_for_cer("你好,世界!abc") == ["你", "好", "世", "界", "abc"]
+    assert (
+        tokenize_for_cer("你好，世界！ＡＢＣ") == tokenize_for_cer("你好,世界!abc") == ["你", "好", "世", "界", "abc"]
+    )
     # Half-width katakana is folded to full-width, so both widths are the same tokens.
     assert tokenize_for_cer("ｶﾀｶﾅ") == tokenize_for_cer("カタカナ") == ["カ", "タ", "カ", "ナ"]
 

@@ -7,16 +7,12 @@ from pathlib import Path
 
 import pytest
 from finetune_runs import finetune_cmd, run
+from helpers import tts_subset
 
 
 @pytest.fixture(scope="session")
 def fault_data(shared_dir, tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("fault_data")
-    tts = shared_dir / "data" / "tts"
-    for name, count in (("train.jsonl", 8), ("valid.jsonl", 2)):
-        (folder / name).write_text("".join((tts / name).read_text().splitlines(True)[:count]))
-    (folder / "wav").symlink_to(tts / "wav")
-    return folder
+    return tts_subset(shared_dir, tmp_path_factory.mktemp("fault_data"), train=8, valid=2)
 
 
 @pytest.fixture(scope="session")

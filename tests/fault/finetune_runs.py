@@ -6,31 +6,29 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
+import helpers
 import torch
 from safetensors.torch import load_file
 
-REPO = Path(__file__).resolve().parents[2]
-FINETUNE = REPO / "examples" / "finetune.py"
 LAST_STEP = 4  # 8 examples / batch 4 = 2 steps per epoch, 2 epochs
 TIMING = ("_runtime", "_per_second")  # wall-clock values: the only logged numbers allowed to differ
 
 
+# A checkpoint and an evaluation every step; eval_loss falls every step, so the best model (what final/ holds)
+# is the last one, not an early one.
+FAULT_RUN = (
+    "--max_epoch 2 --per_device_train_batch_size 4 --per_device_eval_batch_size 2 --validate_interval 1 "
+    "--save_checkpoint_interval 1 --log_interval 1 --warmup_steps 1 --lr 5e-3 --lora_r 16 --eval_max_new_tokens 2 "
+    "--keep_nbest_models 2 --avg_nbest_model 2 --early_stopping_patience 0 --metric_for_best_model eval_loss "
+    "--use_cpu --seed 7 --num_workers 0 --disable_tqdm true"
+).split()
+
+
 def finetune_cmd(model_dir: Path, data_dir: Path, out: Path, *extra: str) -> list[str]:
-    """`extra` comes last, so it overrides (argparse keeps the last value)."""
-    valid = ["--valid_data", str(data_dir / "valid.jsonl")] if (data_dir / "valid.jsonl").is_file() else []
-    return [
-        sys.executable, str(FINETUNE), "--model_dir", str(model_dir), "--train_data", str(data_dir / "train.jsonl"),
-        *valid, "--output_dir", str(out), "--max_epoch", "2", "--per_device_train_batch_size", "4",
-        "--per_device_eval_batch_size", "2", "--validate_interval", "1", "--save_checkpoint_interval", "1",
-        "--log_interval", "1", "--warmup_steps", "1", "--lr", "5e-3", "--lora_r", "16", "--eval_max_new_tokens", "2",
-        "--keep_nbest_models", "2", "--avg_nbest_model", "2", "--early_stopping_patience", "0",
-        # eval_loss falls every step: the best model (what final/ holds) is the last one, not an early one
-        "--metric_for_best_model", "eval_loss", "--use_cpu", "--seed", "7", "--num_workers", "0",
-        "--disable_tqdm", "true", *extra,
-    ]
+    """The fault tests' run; `extra` comes last, so it overrides (argparse keeps the last value)."""
+    return helpers.finetune_cmd(model_dir, data_dir, out, *FAULT_RUN, *extra)
 
 
 def run(cmd: list[str], fault: str | None = None, returncode: int = 0, timeout: int = 300) -> str:
@@ -55,8 +53,9 @@ def weights(folder: Path) -> dict[str, torch.Tensor]:
 def logged(out: Path, step: int = LAST_STEP) -> dict:
     """The run's trainer state at `step`: every logged value except wall-clock timings."""
     state = json.loads((out / f"checkpoint-{step}" / "trainer_state.json").read_text())
-    state["log_history"] = [{k: v for k, v in entry.items() if not k.endswith(TIMING)}
-                            for entry in state["log_history"]]
+    state["log_history"] = [
+        {k: v for k, v in entry.items() if not k.endswith(TIMING)} for entry in state["log_history"]
+    ]
     state.pop("best_model_checkpoint")  # an absolute path into the run's own folder
     return state
 

@@ -50,8 +50,9 @@ def test_resume_refuses_a_checkpoint_file_that_would_run_code(tiny_original_dir,
     torch.save({"state": {}, "param_groups": [], "payload": _RunsCode(pwned)}, checkpoint / "optimizer.pt")
     mark_complete(checkpoint)
     output = run([*finetune_cmd(tiny_original_dir, fault_data, checkpoint.parent), "--resume", "true"], returncode=1)
-    assert f"CheckpointError: {checkpoint / 'optimizer.pt'}: refused: it references posix.system" in output, \
-        output[-3000:]
+    assert f"CheckpointError: {checkpoint / 'optimizer.pt'}: refused: it references posix.system" in output, output[
+        -3000:
+    ]
     assert not pwned.exists()
 
 
@@ -59,8 +60,11 @@ def test_resume_refuses_a_checkpoint_file_that_would_run_code(tiny_original_dir,
 def test_vet_refuses_pickles_that_would_run_code(checkpoint, tmp_path, name):
     pwned = tmp_path / "pwned"
     torch.save({"payload": _RunsCode(pwned)}, checkpoint / name)
-    with pytest.raises(CheckpointError, match=rf"{re.escape(str(checkpoint / name))}: refused: it references "
-                                              r"posix\.system, loading it could run code"):
+    with pytest.raises(
+        CheckpointError,
+        match=rf"{re.escape(str(checkpoint / name))}: refused: it references "
+        r"posix\.system, loading it could run code",
+    ):
         vet_checkpoint(checkpoint)
     assert not pwned.exists()
 
@@ -93,15 +97,18 @@ def test_vet_names_the_broken_file(checkpoint, name, damage, message):
 def test_only_complete_checkpoints_count(checkpoint):
     out = checkpoint.parent
     assert checkpoint_problem(checkpoint) is None
-    for step, damage in ((3, lambda f: (f / COMPLETE_MARKER).unlink()),
-                         (4, lambda f: (f / "optimizer.pt").unlink()),
-                         (5, lambda f: _truncate(f / "adapter_model.safetensors"))):
+    for step, damage in (
+        (3, lambda f: (f / COMPLETE_MARKER).unlink()),
+        (4, lambda f: (f / "optimizer.pt").unlink()),
+        (5, lambda f: _truncate(f / "adapter_model.safetensors")),
+    ):
         folder = Path(shutil.copytree(checkpoint, out / f"checkpoint-{step}"))
         damage(folder)
     assert checkpoint_problem(out / "checkpoint-3").startswith(f"no {COMPLETE_MARKER}")
     assert checkpoint_problem(out / "checkpoint-4") == "optimizer.pt is missing"
-    assert re.fullmatch(r"adapter_model\.safetensors has \d+ bytes, \d+ were written",
-                        checkpoint_problem(out / "checkpoint-5"))
+    assert re.fullmatch(
+        r"adapter_model\.safetensors has \d+ bytes, \d+ were written", checkpoint_problem(out / "checkpoint-5")
+    )
     assert newest_complete_checkpoint(out) == str(checkpoint)
     remove_directory(checkpoint)
     assert newest_complete_checkpoint(out) is None and not list(out.glob(".tmp-*"))
@@ -117,8 +124,11 @@ def test_resume_with_only_torn_checkpoints_stops_instead_of_starting_over(checkp
     finetune = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(finetune)
     (checkpoint / COMPLETE_MARKER).unlink()
-    with pytest.raises(RuntimeError, match=rf"no complete checkpoint in .*checkpoint-2: no {COMPLETE_MARKER}.*"
-                                           r"mark_complete"):
+    with pytest.raises(
+        RuntimeError,
+        match=rf"no complete checkpoint in .*checkpoint-2: no {COMPLETE_MARKER}.*"
+        r"mark_complete",
+    ):
         finetune._resume_point(SimpleNamespace(resume=True), checkpoint.parent)
     mark_complete(checkpoint)
     assert finetune._resume_point(SimpleNamespace(resume=True), checkpoint.parent) == str(checkpoint)
@@ -146,8 +156,13 @@ def test_atomic_directory_publishes_whole_or_nothing(tmp_path):
 
 def test_no_trust_remote_code_anywhere():
     """Nothing we ship asks transformers to run code from a model folder or the Hub."""
-    sources = [p for folder in ("funasr_nano_hf", "examples", "scripts", "benchmarks") if (REPO / folder).is_dir()
-               for p in (REPO / folder).rglob("*") if p.suffix in (".py", ".sh", ".yaml", ".json")]
+    sources = [
+        p
+        for folder in ("funasr_nano_hf", "examples", "scripts", "benchmarks")
+        if (REPO / folder).is_dir()
+        for p in (REPO / folder).rglob("*")
+        if p.suffix in (".py", ".sh", ".yaml", ".json")
+    ]
     assert len(sources) > 20
     offenders = [str(p.relative_to(REPO)) for p in sources if "trust_remote_code" in p.read_text(errors="ignore")]
     assert offenders == []

@@ -78,6 +78,7 @@ def test_kill_during_nbest_averaging(tiny_original_dir, fault_data, reference, t
         assert not (out / "model_avg").exists()
         assert (out / ".tmp-model_avg" / "model_avg").is_dir()
 
-    _kill_then_resume(tiny_original_dir, fault_data, out, "average:1", resumes_from=LAST_STEP,
-                      before_resume=check_torn_average)
+    _kill_then_resume(
+        tiny_original_dir, fault_data, out, "average:1", resumes_from=LAST_STEP, before_resume=check_torn_average
+    )
     assert_same_run(out, reference)

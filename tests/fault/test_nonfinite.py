@@ -49,8 +49,12 @@ def test_skip_counts_names_and_does_not_update(tiny_original_dir, loud_data, tmp
     before, after = weights(out / f"checkpoint-{steps[1] - 1}"), weights(out / f"checkpoint-{steps[1]}")
     assert all(torch.equal(before[k], after[k]) for k in before)
     other = 3 if steps[1] == 4 else 4  # ... while the other steps of the epoch do update
-    assert not all(torch.equal(a, b) for a, b in zip(weights(out / f"checkpoint-{other - 1}").values(),
-                                                     weights(out / f"checkpoint-{other}").values()))
+    assert not all(
+        torch.equal(a, b)
+        for a, b in zip(
+            weights(out / f"checkpoint-{other - 1}").values(), weights(out / f"checkpoint-{other}").values()
+        )
+    )
     final = weights(out / "final")
     assert all(torch.isfinite(t).all() for t in final.values())
 
@@ -58,8 +62,11 @@ def test_skip_counts_names_and_does_not_update(tiny_original_dir, loud_data, tmp
 def test_stop_is_the_default_and_names_the_step_and_keys(tiny_original_dir, loud_data, tmp_path):
     out = tmp_path / "stop"
     output = run(finetune_cmd(tiny_original_dir, loud_data, out), returncode=1)
-    match = re.search(rf"NonFiniteLossError: non-finite loss \(nan\) at step (\d+) on the examples "
-                      rf"\[[^]]*'{LOUD}'[^]]*\]; training stopped \(--on_nonfinite stop\)", output)
+    match = re.search(
+        rf"NonFiniteLossError: non-finite loss \(nan\) at step (\d+) on the examples "
+        rf"\[[^]]*'{LOUD}'[^]]*\]; training stopped \(--on_nonfinite stop\)",
+        output,
+    )
     assert match, output[-3000:]
     step = int(match.group(1))
     assert step < LAST_STEP and not (out / f"checkpoint-{step}").exists()
@@ -81,8 +88,11 @@ def _poisoned() -> _Net:
 
 
 def test_nonfinite_gradient_stops_or_drops_the_step():
-    with pytest.raises(NonFiniteLossError, match=r"non-finite gradient in bad\.weight at step 7 on the examples "
-                                                 r"\['a', 'b'\]; training stopped"):
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"non-finite gradient in bad\.weight at step 7 on the examples "
+        r"\['a', 'b'\]; training stopped",
+    ):
         NonFiniteGuard("stop").check_gradients(_poisoned(), 7, ["a", "b"])
     guard, net = NonFiniteGuard("skip"), _poisoned()
     guard.check_gradients(net, 7, ["a", "b"])
@@ -115,15 +125,16 @@ def test_trainer_checks_gradients_after_backward(tiny_original_dir, fault_data, 
     poisoned.register_hook(lambda grad: torch.full_like(grad, float("inf")))
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     train_set, _ = build_dataset([str(fault_data / "train.jsonl")], processor, DataConfig())
-    args = TrainingArguments(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=4, use_cpu=True,
-                             report_to=[], remove_unused_columns=False, save_strategy="no", eval_strategy="no",
-                             disable_tqdm=True)
-    trainer = FunAsrNanoTrainer(model=model, args=args, train_dataset=train_set, processor=processor,
-                                data_collator=FunAsrNanoCollator(pad_token_id=processor.tokenizer.pad_token_id),
-                                on_nonfinite=policy)
+    one_step = dict(max_steps=1, per_device_train_batch_size=4, use_cpu=True, report_to=[], disable_tqdm=True)
+    args = TrainingArguments(str(tmp_path), remove_unused_columns=False, save_strategy="no", **one_step)
+    collator = FunAsrNanoCollator(pad_token_id=processor.tokenizer.pad_token_id)
+    trainer = FunAsrNanoTrainer(model, args, collator, train_set, processor=processor, on_nonfinite=policy)
     if policy == "stop":
-        with pytest.raises(NonFiniteLossError, match=rf"non-finite gradient in {re.escape(name)} at step 1 on the "
-                                                     r"examples \['tts_train_"):
+        with pytest.raises(
+            NonFiniteLossError,
+            match=rf"non-finite gradient in {re.escape(name)} at step 1 on the "
+            r"examples \['tts_train_",
+        ):
             trainer.train()
         return
     trainer.train()

@@ -30,13 +30,30 @@ def long_data(fault_data, tmp_path_factory):
 
 
 def test_oversized_batch_gives_a_clear_error(tiny_original_dir, long_data, tmp_path):
-    cmd = finetune_cmd(tiny_original_dir, long_data, tmp_path / "out", "--max_epoch", "1",
-                       "--per_device_train_batch_size", "8", "--max_source_length", "7000")
+    cmd = finetune_cmd(
+        tiny_original_dir,
+        long_data,
+        tmp_path / "out",
+        "--max_epoch",
+        "1",
+        "--per_device_train_batch_size",
+        "8",
+        "--max_source_length",
+        "7000",
+    )
     output = run(cmd, fault="step_begin:1:memory_cap=2", returncode=1)
-    assert ("TrainingOutOfMemoryError: out of memory (cpu) in training step 1 on a batch of 8 examples padded "
-            "to 1000 audio frames and ") in output, output[-4000:]
-    for knob in ("--per_device_train_batch_size (now 8)", "--batch_type token", "--max_tokens",
-                 "--max_source_length", "--activation_checkpoint true", "'long_0'"):
+    assert (
+        "TrainingOutOfMemoryError: out of memory (cpu) in training step 1 on a batch of 8 examples padded "
+        "to 1000 audio frames and "
+    ) in output, output[-4000:]
+    for knob in (
+        "--per_device_train_batch_size (now 8)",
+        "--batch_type token",
+        "--max_tokens",
+        "--max_source_length",
+        "--activation_checkpoint true",
+        "'long_0'",
+    ):
         assert knob in output
     # chained to the allocator's own error, which stays visible
     assert "The above exception was the direct cause of the following exception" in output

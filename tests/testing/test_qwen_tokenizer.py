@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from funasr_nano_hf.models import prompting
 from funasr_nano_hf.testing.qwen_tokenizer import (
     QWEN3_ADDED_TOKENS,
     build_qwen3_tokenizer,
     build_tiny_qwen_tokenizer,
 )
-from funasr_nano_hf.models import prompting
 
 
 @pytest.fixture(scope="module")
@@ -18,8 +18,14 @@ def qwen3():
 
 
 def test_special_token_ids(qwen3):
-    expected = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645,
-                "<|object_ref_start|>": 151646, "<think>": 151667, "</think>": 151668}
+    expected = {
+        "<|endoftext|>": 151643,
+        "<|im_start|>": 151644,
+        "<|im_end|>": 151645,
+        "<|object_ref_start|>": 151646,
+        "<think>": 151667,
+        "</think>": 151668,
+    }
     for token, token_id in expected.items():
         assert qwen3.convert_tokens_to_ids(token) == token_id
     assert len(qwen3) == 151643 + len(QWEN3_ADDED_TOKENS)
@@ -32,8 +38,9 @@ def test_matches_tiktoken_on_mixed_text(qwen3, shared_dir):
 
     from funasr_nano_hf.testing.qwen_tokenizer import _qwen_ranks_path
 
-    reference = tiktoken.Encoding("qwen", pat_str=PAT_STR, mergeable_ranks=load_tiktoken_bpe(str(_qwen_ranks_path())),
-                                  special_tokens={})
+    reference = tiktoken.Encoding(
+        "qwen", pat_str=PAT_STR, mergeable_ranks=load_tiktoken_bpe(str(_qwen_ranks_path())), special_tokens={}
+    )
     lines = (shared_dir / "data" / "tts" / "train_text.txt").read_text(encoding="utf-8").splitlines()
     lines += ["Hello, world! It's 2026; 语音转写成英文：", "  spaces\n\nand\ttabs ", "ＦＵＬＬ width １２３"]
     for line in lines:
@@ -44,7 +51,13 @@ def test_funasr_prompt_token_counts(qwen3):
     """FunASR's default prompt is 18 tokens before the audio and 5 after (as FunASR's data_load_speech tokenises it)."""
     prefix = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n" + prompting.instruction()
     assert len(qwen3.encode(prefix, add_special_tokens=False)) == 18
-    assert qwen3.encode("<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False) == [151645, 198, 151644, 77091, 198]
+    assert qwen3.encode("<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False) == [
+        151645,
+        198,
+        151644,
+        77091,
+        198,
+    ]
 
 
 def test_tiny_tokenizer_keeps_special_strings():

@@ -5,13 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import tts_subset
 
 
 @pytest.fixture(scope="module")
 def data_dir(shared_dir, tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("train_data")
-    tts = shared_dir / "data" / "tts"
-    (folder / "train.jsonl").write_text("".join(tts.joinpath("train.jsonl").read_text().splitlines(True)[:48]))
-    (folder / "valid.jsonl").write_text("".join(tts.joinpath("valid.jsonl").read_text().splitlines(True)[:6]))
-    (folder / "wav").symlink_to(tts / "wav")
-    return folder
+    return tts_subset(shared_dir, tmp_path_factory.mktemp("train_data"), train=48, valid=6)

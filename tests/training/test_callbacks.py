@@ -255,8 +255,14 @@ def test_average_is_fp32_mean_of_the_best(trained):
     assert not names & {"optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json", "scaler.pt"}
     assert COMPLETE_MARKER in {p.name for p in chosen[0].iterdir()}  # the plain Trainer's checkpoint, adopted
     assert COMPLETE_MARKER not in names  # the average is a model folder, not a checkpoint to resume
-    assert {p.name for p in chosen[0].iterdir()} - names <= {"optimizer.pt", "scheduler.pt", "rng_state.pth",
-                                                             "trainer_state.json", "scaler.pt", COMPLETE_MARKER}
+    assert {p.name for p in chosen[0].iterdir()} - names <= {
+        "optimizer.pt",
+        "scheduler.pt",
+        "rng_state.pth",
+        "trainer_state.json",
+        "scaler.pt",
+        COMPLETE_MARKER,
+    }
     model = TinyRegressor()
     model.load_state_dict(averaged)
     assert not list(output_dir.glob(".model_avg*"))  # no temp folder left behind
@@ -283,12 +289,15 @@ def test_average_accumulates_low_precision_in_fp32(tmp_path):
     fp16 = [torch.tensor([60000.0]), torch.tensor([60000.0]), torch.tensor([60000.0])]
     counts = [torch.tensor([10]), torch.tensor([20]), torch.tensor([30])]
     folders = [
-        write_checkpoint(tmp_path / f"checkpoint-{i}", {
-            "w_bf16": b.to(torch.bfloat16),
-            "w_fp16": h.to(torch.float16),
-            "steps": c,
-            "mask": torch.tensor([True, i == 0]),
-        })
+        write_checkpoint(
+            tmp_path / f"checkpoint-{i}",
+            {
+                "w_bf16": b.to(torch.bfloat16),
+                "w_fp16": h.to(torch.float16),
+                "steps": c,
+                "mask": torch.tensor([True, i == 0]),
+            },
+        )
         for i, (b, h, c) in enumerate(zip(bf16, fp16, counts))
     ]
     naive_bf16 = (bf16[0].bfloat16() + bf16[1].bfloat16() + bf16[2].bfloat16()) / 3

@@ -29,9 +29,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import REPO, finetune_args
 
-REPO = Path(__file__).resolve().parents[2]
-FINETUNE = str(REPO / "examples" / "finetune.py")
 BIN = Path(sys.executable).parent
 ZERO2_JSON = str(REPO / "examples" / "deepspeed" / "zero2.json")
 TIMEOUT = 420  # seconds per launched run; a healthy 2-process run takes ~50 s on 2 cores
@@ -66,8 +65,15 @@ def _env() -> dict[str, str]:
 
 def _run(cmd: list[str], timeout: int = TIMEOUT) -> str:
     """Run `cmd` from the repo root (in its own process group, killed whole on timeout); its stdout+stderr."""
-    proc = subprocess.Popen([str(c) for c in cmd], cwd=REPO, env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(c) for c in cmd],
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -83,15 +89,14 @@ def _run(cmd: list[str], timeout: int = TIMEOUT) -> str:
 
 def _finetune(model_dir, data_dir, out, *extra, valid: bool = True) -> list[str]:
     """finetune.py with small settings; `extra` comes last, so it overrides (argparse keeps the last value)."""
-    args = [FINETUNE, "--model_dir", model_dir, "--train_data", data_dir / "train.jsonl", "--output_dir", out,
-            "--batch_type", "example", "--log_interval", "1", "--warmup_steps", "1", "--lr", "5e-3",
-            "--lora_dropout", "0", "--early_stopping_patience", "0", "--dataloader_num_workers", "0",
-            "--seed", "7", "--log_level", "info"]
+    small = (
+        "--batch_type example --log_interval 1 --warmup_steps 1 --lr 5e-3 --lora_dropout 0 --early_stopping_patience 0 "
+        "--dataloader_num_workers 0 --seed 7 --log_level info"
+    ).split()
     if valid:
         # 6 valid examples = 2 ranks x 3: no rank pads its last eval batch with repeats, so eval_loss is exact.
-        args += ["--valid_data", data_dir / "valid.jsonl", "--per_device_eval_batch_size", "3",
-                 "--eval_max_new_tokens", "4"]
-    return [str(a) for a in [*args, *extra]]
+        small += "--per_device_eval_batch_size 3 --eval_max_new_tokens 4".split()
+    return finetune_args(model_dir, data_dir, out, *small, *extra, valid=valid)
 
 
 def _accelerate(*launch_args) -> list[str]:
@@ -113,8 +118,9 @@ def _ds_model_states(out: Path, step: int) -> dict:
     return torch.load(files[0], map_location="cpu", weights_only=False)
 
 
-def _assert_deepspeed_checkpoint(out: Path, step: int, *, stage: int, micro: int, accum: int, world: int,
-                                 clip: float = 5.0) -> None:
+def _assert_deepspeed_checkpoint(
+    out: Path, step: int, *, stage: int, micro: int, accum: int, world: int, clip: float = 5.0
+) -> None:
     folder = out / f"checkpoint-{step}" / f"global_step{step}"
     for rank in range(world):  # ZeRO shards the optimizer state over the ranks
         assert (folder / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt").is_file(), sorted(folder.iterdir())
@@ -124,22 +130,27 @@ def _assert_deepspeed_checkpoint(out: Path, step: int, *, stage: int, micro: int
     assert state["dp_world_size"] == world
     assert state["global_steps"] == step  # one DeepSpeed step per optimizer step, not per micro-batch
     # "auto" filled from the finetune.py options (grad_clip: the guide's default 5)
-    assert (config["train_micro_batch_size_per_gpu"], config["gradient_accumulation_steps"],
-            config["train_batch_size"], config["gradient_clipping"]) == (micro, accum, micro * accum * world, clip)
+    assert (
+        config["train_micro_batch_size_per_gpu"],
+        config["gradient_accumulation_steps"],
+        config["train_batch_size"],
+        config["gradient_clipping"],
+    ) == (micro, accum, micro * accum * world, clip)
 
 
 def _assert_two_ranks(out: Path, step: int, log: str, per_device: int, total: int) -> None:
     """Two processes trained one run: the Trainer's own batch arithmetic, and a RNG state saved per rank."""
     assert f"Instantaneous batch size per device = {per_device}" in log, log[-3000:]
     assert f"Total train batch size (w. parallel, distributed & accumulation) = {total}" in log, log[-3000:]
-    assert {p.name for p in (out / f"checkpoint-{step}").glob("rng_state*.pth")} == {"rng_state_0.pth",
-                                                                                    "rng_state_1.pth"}
+    assert {p.name for p in (out / f"checkpoint-{step}").glob("rng_state*.pth")} == {
+        "rng_state_0.pth",
+        "rng_state_1.pth",
+    }
 
 
 def _logged_loss_steps(train_log: Path) -> list[int]:
     """Steps of the training-loss lines of train.log (one line per log event, world main process only)."""
-    return [int(line.split(" | ")[1].split()[1]) for line in train_log.read_text().splitlines()
-            if " | loss " in line]
+    return [int(line.split(" | ")[1].split()[1]) for line in train_log.read_text().splitlines() if " | loss " in line]
 
 
 def _resume_from(out: Path, step: int, log: str = "train.log") -> None:
@@ -167,6 +178,19 @@ def _assert_resume_reproduces(out: Path, first: dict, resume_step: int, last_ste
         assert (loss, grad) == pytest.approx((loss_ref, grad_ref), rel=1e-5), f"step {step}"
 
 
+def _train_kill_resume(cmd: list[str], out: Path, *, every: int, last: int, stage: int, micro: int, accum: int) -> None:
+    """Run `cmd` (2 ranks, a checkpoint every `every` steps) to step `last`; then keep only checkpoint-`every`,
+    resume, and require the same log history and weights from there on."""
+    log = _run(cmd)
+    _assert_two_ranks(out, every, log, per_device=micro, total=8)
+    _assert_deepspeed_checkpoint(out, every, stage=stage, micro=micro, accum=accum, world=2)
+    first = _state(out, last)
+    assert _logged_loss_steps(out / "train.log") == list(range(1, last + 1))
+    _resume_from(out, every)
+    _run([*cmd, "--resume", "true"])
+    _assert_resume_reproduces(out, first, resume_step=every, last_step=last)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # DeepSpeed
 # ---------------------------------------------------------------------------------------------------------
@@ -174,19 +198,15 @@ def test_zero2_two_processes_train_and_resume(tiny_original_dir, data_dir, tmp_p
     """48 examples, 2 ranks x batch 2 x accum_grad 2 = 8 per step: 6 steps per epoch, 2 epochs. A checkpoint
     every 4 steps; resuming from checkpoint-4 (mid-epoch 0) must reproduce steps 5..12 (across an epoch)."""
     out = tmp_path / "zero2"
-    cmd = [*_accelerate("--use_deepspeed", "--deepspeed_config_file", ZERO2_JSON, "--num_processes", "2",
-                        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"),
-           *_finetune(tiny_original_dir, data_dir, out, "--max_epoch", "2", "--batch_size", "2", "--accum_grad", "2",
-                      "--validate_interval", "4", "--save_checkpoint_interval", "4", "--ddp_backend", "gloo")]
-    log = _run(cmd)
-    _assert_two_ranks(out, 4, log, per_device=2, total=8)
-    _assert_deepspeed_checkpoint(out, 4, stage=2, micro=2, accum=2, world=2)
-    first = _state(out, 12)
-    assert _logged_loss_steps(out / "train.log") == list(range(1, 13))
-
-    _resume_from(out, 4)
-    _run([*cmd, "--resume", "true"])
-    _assert_resume_reproduces(out, first, resume_step=4, last_step=12)
+    launch = _accelerate(
+        "--use_deepspeed",
+        "--deepspeed_config_file",
+        ZERO2_JSON,
+        *"--num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no".split(),
+    )
+    run = "--max_epoch 2 --batch_size 2 --accum_grad 2 --validate_interval 4 --save_checkpoint_interval 4"
+    cmd = [*launch, *_finetune(tiny_original_dir, data_dir, out, *run.split(), "--ddp_backend", "gloo")]
+    _train_kill_resume(cmd, out, every=4, last=12, stage=2, micro=2, accum=2)
     _assert_deepspeed_checkpoint(out, 12, stage=2, micro=2, accum=2, world=2)
     assert (out / "final" / "adapter_model.safetensors").is_file()
 
@@ -201,19 +221,12 @@ def test_zero3_two_processes_resume_and_save_a_loadable_adapter(tiny_original_di
     from funasr_nano_hf.data.featurize import DataConfig, build_dataset
 
     out = tmp_path / "zero3"
-    cmd = [*_accelerate("--config_file", REPO / "examples" / "accelerate" / "deepspeed_zero3.yaml",
-                        "--num_processes", "2"),
-           *_finetune(tiny_original_dir, data_dir, out, "--max_epoch", "1", "--batch_size", "4",
-                      "--lora_r", "32", "--lora_alpha", "64", "--validate_interval", "3",
-                      "--save_checkpoint_interval", "3", "--ddp_backend", "gloo")]
-    log = _run(cmd)
-    _assert_two_ranks(out, 3, log, per_device=4, total=8)
-    _assert_deepspeed_checkpoint(out, 3, stage=3, micro=4, accum=1, world=2)
-    first = _state(out, 6)
-
-    _resume_from(out, 3)
-    _run([*cmd, "--resume", "true"])
-    _assert_resume_reproduces(out, first, resume_step=3, last_step=6)
+    launch = _accelerate(
+        "--config_file", REPO / "examples" / "accelerate" / "deepspeed_zero3.yaml", "--num_processes", "2"
+    )
+    run = "--max_epoch 1 --batch_size 4 --lora_r 32 --lora_alpha 64 --validate_interval 3 --save_checkpoint_interval 3"
+    cmd = [*launch, *_finetune(tiny_original_dir, data_dir, out, *run.split(), "--ddp_backend", "gloo")]
+    _train_kill_resume(cmd, out, every=3, last=6, stage=3, micro=4, accum=1)
 
     # final/ is the model the run evaluated last (all_results.json): reload it outside DeepSpeed.
     base, processor = load_pretrained(tiny_original_dir)
@@ -242,10 +255,24 @@ def test_deepspeed_flag_takes_auto_values_from_guide_options(tiny_original_dir, 
     """`--deepspeed CONFIG` (here with the `deepspeed` launcher, 1 process): TrainingArguments fills "auto"
     while it is built, before batch_size/accum_grad/grad_clip are mapped onto it; finetune.py refills them."""
     out = tmp_path / "flag"
-    _run([BIN / "deepspeed", "--num_gpus", "1", "--master_port", str(_free_port()),
-          *_finetune(tiny_original_dir, data_dir, out, "--deepspeed", ZERO2_JSON, "--batch_size", "4",
-                     "--accum_grad", "2", "--grad_clip", "2.5", "--max_steps", "2", "--save_checkpoint_interval", "2",
-                     valid=False)])
+    _run(
+        [
+            BIN / "deepspeed",
+            "--num_gpus",
+            "1",
+            "--master_port",
+            str(_free_port()),
+            *_finetune(
+                tiny_original_dir,
+                data_dir,
+                out,
+                "--deepspeed",
+                ZERO2_JSON,
+                *"--batch_size 4 --accum_grad 2 --grad_clip 2.5 --max_steps 2 --save_checkpoint_interval 2".split(),
+                valid=False,
+            ),
+        ]
+    )
     _assert_deepspeed_checkpoint(out, 2, stage=2, micro=4, accum=2, world=1, clip=2.5)
 
 
@@ -265,12 +292,22 @@ def test_ddp_two_processes_match_one_process(tiny_original_dir, data_dir, tmp_pa
     """
     two, one = tmp_path / "two", tmp_path / "one"
     common = ("--max_epoch", "1", "--validate_interval", "3", "--save_checkpoint_interval", "3", "--use_cpu", "true")
-    log = _run([*_accelerate("--config_file", REPO / "examples" / "accelerate" / "ddp.yaml", "--num_processes", "2"),
-                *_finetune(tiny_original_dir, data_dir, two, "--batch_size", "4", *common)])
+    log = _run(
+        [
+            *_accelerate("--config_file", REPO / "examples" / "accelerate" / "ddp.yaml", "--num_processes", "2"),
+            *_finetune(tiny_original_dir, data_dir, two, "--batch_size", "4", *common),
+        ]
+    )
     _assert_two_ranks(two, 6, log, per_device=4, total=8)
     # eval_loss is normalised per evaluation step (all ranks): 1 process must see the 2 x 3 eval examples at once.
-    log = _run([sys.executable, *_finetune(tiny_original_dir, data_dir, one, "--batch_size", "8", *common,
-                                           "--per_device_eval_batch_size", "6")])
+    log = _run(
+        [
+            sys.executable,
+            *_finetune(
+                tiny_original_dir, data_dir, one, "--batch_size", "8", *common, "--per_device_eval_batch_size", "6"
+            ),
+        ]
+    )
     assert "Total train batch size (w. parallel, distributed & accumulation) = 8" in log
     assert (one / "checkpoint-6" / "rng_state.pth").is_file()
 

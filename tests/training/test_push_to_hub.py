@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
+from helpers import REPO, tts_subset
 
 
 class RecordingHubApi:
@@ -26,8 +25,14 @@ class RecordingHubApi:
         files = sorted(str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*") if p.is_file())
         ignored = kwargs.get("ignore_patterns") or []
         card = Path(folder_path, "README.md")
-        self.uploads.append({"repo_id": repo_id, "files": files, "ignore": ignored,
-                             "card": card.read_text(encoding="utf-8") if card.is_file() else None})
+        self.uploads.append(
+            {
+                "repo_id": repo_id,
+                "files": files,
+                "ignore": ignored,
+                "card": card.read_text(encoding="utf-8") if card.is_file() else None,
+            }
+        )
 
         class Done:
             def done(self):
@@ -42,18 +47,39 @@ def test_push_to_hub_uploads_adapter_and_card(tiny_original_dir, shared_dir, tmp
 
     api = RecordingHubApi()
     monkeypatch.setattr(transformers.trainer, "hf_api", lambda: api)
-    data = tmp_path / "data"
-    data.mkdir()
-    tts = shared_dir / "data" / "tts"
-    (data / "train.jsonl").write_text("".join(tts.joinpath("train.jsonl").read_text().splitlines(True)[:16]))
-    (data / "valid.jsonl").write_text("".join(tts.joinpath("valid.jsonl").read_text().splitlines(True)[:4]))
-    (data / "wav").symlink_to(tts / "wav")
+    data = tts_subset(shared_dir, tmp_path / "data", train=16, valid=4)
     out = tmp_path / "out"
-    argv = ["--model_dir", str(tiny_original_dir), "--train_data", str(data / "train.jsonl"),
-            "--valid_data", str(data / "valid.jsonl"), "--output_dir", str(out), "--max_epoch", "1",
-            "--batch_size", "8", "--validate_interval", "2", "--save_checkpoint_interval", "2",
-            "--eval_max_new_tokens", "4", "--use_cpu", "--early_stopping_patience", "0", "--cache_frozen_audio", "true",
-            "--push_to_hub", "true", "--hub_model_id", "someone/fun-asr-nano-lora", "--hub_strategy", "end"]
+    argv = [
+        "--model_dir",
+        str(tiny_original_dir),
+        "--train_data",
+        str(data / "train.jsonl"),
+        "--valid_data",
+        str(data / "valid.jsonl"),
+        "--output_dir",
+        str(out),
+        "--max_epoch",
+        "1",
+        "--batch_size",
+        "8",
+        "--validate_interval",
+        "2",
+        "--save_checkpoint_interval",
+        "2",
+        "--eval_max_new_tokens",
+        "4",
+        "--use_cpu",
+        "--early_stopping_patience",
+        "0",
+        "--cache_frozen_audio",
+        "true",
+        "--push_to_hub",
+        "true",
+        "--hub_model_id",
+        "someone/fun-asr-nano-lora",
+        "--hub_strategy",
+        "end",
+    ]
     monkeypatch.setattr(sys, "argv", ["finetune.py", *argv])
     runpy.run_path(str(REPO / "examples" / "finetune.py"), run_name="__main__")
 

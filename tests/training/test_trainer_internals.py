@@ -58,8 +58,10 @@ def test_rotate_checkpoints_keeps_its_keywords():
     [
         ("training_step", ["self", "model", "inputs", "num_items_in_batch"]),
         ("compute_loss", ["self", "model", "inputs", "return_outputs", "num_items_in_batch"]),
-        ("evaluation_loop",
-         ["self", "dataloader", "description", "prediction_loss_only", "ignore_keys", "metric_key_prefix"]),
+        (
+            "evaluation_loop",
+            ["self", "dataloader", "description", "prediction_loss_only", "ignore_keys", "metric_key_prefix"],
+        ),
     ],
 )
 def test_public_hooks_we_override_keep_their_parameters(name, parameters):
@@ -69,8 +71,12 @@ def test_public_hooks_we_override_keep_their_parameters(name, parameters):
 
 
 def test_helpers_name_the_checked_versions():
-    for helper in (trainer_module._trainer_run_dir, trainer_module._write_trainer_checkpoint,
-                   trainer_module._push_checkpoint, trainer_module._rotate_checkpoints):
+    for helper in (
+        trainer_module._trainer_run_dir,
+        trainer_module._write_trainer_checkpoint,
+        trainer_module._push_checkpoint,
+        trainer_module._rotate_checkpoints,
+    ):
         assert "transformers 5.23.0" in helper.__doc__
     assert "accelerate 1.15.0" in trainer_module._undo_accelerate_sharding.__doc__
 
