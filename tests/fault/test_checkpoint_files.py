@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from finetune_runs import REPO, finetune_cmd, run
+from finetune_runs import finetune_cmd, run
+from helpers import REPO
 
 from funasr_nano_hf import CheckpointError
 from funasr_nano_hf.training.checkpointing import (
