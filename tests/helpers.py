@@ -32,6 +32,7 @@ def fallback_shared_dir(dest: Path, train: int = 240, valid: int = 40) -> Path:
     import soundfile as sf
 
     from funasr_nano_hf.data.audio import load_audio
+    from funasr_nano_hf.models import prompting
 
     tts = dest / "data" / "tts"
     for split, manifest, count in (("train", "train.jsonl", train), ("valid", "heldout.jsonl", valid)):
@@ -45,7 +46,7 @@ def fallback_shared_dir(dest: Path, train: int = 240, valid: int = 40) -> Path:
             waveform, _ = load_audio(str(BUNDLED_DATA / row["wav"]))
             sf.write(tts / wav, waveform, 16000, subtype="PCM_16")
             frames = int((len(waveform) / 16 - 25) // 10 + 1)
-            instruction = "语音转写：" if language == "zh" else "Speech transcription:"
+            instruction = prompting.instruction() if language == "zh" else "Speech transcription:"
             plain.append({"key": key, "wav": wav, "txt": row["txt"]})
             chatml.append(
                 {
