@@ -29,6 +29,7 @@ def shared_path() -> Path:
 def fallback_shared_dir(dest: Path, train: int = 240, valid: int = 40) -> Path:
     """A stand-in for the shared folder built from the bundled clips: `data/tts/` (train from the bundled
     fine-tuning set, valid from the held-out set) in the four formats, and `data/real/` (three clips)."""
+    import numpy as np
     import soundfile as sf
 
     from funasr_nano_hf.data.audio import load_audio
@@ -37,9 +38,13 @@ def fallback_shared_dir(dest: Path, train: int = 240, valid: int = 40) -> Path:
     tts = dest / "data" / "tts"
     for split, manifest, count in (("train", "train.jsonl", train), ("valid", "heldout.jsonl", valid)):
         rows = [json.loads(line) for line in (BUNDLED_DATA / manifest).read_text(encoding="utf-8").splitlines()]
+        # the shared set's order: valid starts en, zh, ...; train starts zh, ...
+        zh, en = [r for r in rows if r["key"].endswith("_zh")], [r for r in rows if r["key"].endswith("_en")]
+        first, second = (en, zh) if split == "valid" else (zh, en)
+        rows = [row for pair in zip(first, second) for row in pair][:count]
         (tts / "wav" / split).mkdir(parents=True, exist_ok=True)
         plain, chatml, source_target, scp, text = [], [], [], [], []
-        for index, row in enumerate(rows[:count]):
+        for index, row in enumerate(rows):
             language = "zh" if row["key"].endswith("_zh") else "en"
             key = f"tts_{split}_{index:04d}_{language}"
             wav = f"wav/{split}/{key}.wav"
@@ -52,8 +57,8 @@ def fallback_shared_dir(dest: Path, train: int = 240, valid: int = 40) -> Path:
                 {
                     "key": key,
                     "messages": [
-                        {"role": "system", "content": "You are a helpful assistant."},
-                        {"role": "user", "content": f"{instruction}<|startofspeech|>!{wav}<|endofspeech|>"},
+                        {"role": "system", "content": prompting.DEFAULT_SYSTEM_PROMPT},
+                        {"role": "user", "content": instruction + prompting.speech_span(wav)},
                         {"role": "assistant", "content": row["txt"]},
                     ],
                     "speech_length": frames,
@@ -73,14 +78,19 @@ def fallback_shared_dir(dest: Path, train: int = 240, valid: int = 40) -> Path:
             (tts / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in lines), encoding="utf-8")
         (tts / f"{split}_wav.scp").write_text("".join(line + "\n" for line in scp), encoding="utf-8")
         (tts / f"{split}_text.txt").write_text("".join(line + "\n" for line in text), encoding="utf-8")
+    # data/real: three recordings of different lengths; sample.wav is 6.0 s like the shared one (clips joined)
     real = dest / "data" / "real"
     real.mkdir(parents=True, exist_ok=True)
-    rows = [json.loads(line) for line in (BUNDLED_DATA / "pretrain_domain.jsonl").read_text().splitlines()[:3]]
-    for name, row in zip(("sample.wav", "asr_example.wav", "mid.wav"), rows):
-        waveform, _ = load_audio(str(BUNDLED_DATA / row["wav"]))
-        sf.write(real / name, waveform, 16000, subtype="PCM_16")
+    rows = [json.loads(line) for line in (BUNDLED_DATA / "pretrain_domain.jsonl").read_text().splitlines()]
+    waveforms = [load_audio(str(BUNDLED_DATA / row["wav"]))[0] for row in rows[:8]]
+    sample = np.concatenate(waveforms)[: 6 * 16000]
+    assert len(sample) == 6 * 16000, "the bundled clips are too short to build a 6 s sample"
+    sf.write(real / "sample.wav", sample, 16000, subtype="PCM_16")
+    sf.write(real / "asr_example.wav", waveforms[0], 16000, subtype="PCM_16")
+    sf.write(real / "mid.wav", np.concatenate(waveforms[1:3]), 16000, subtype="PCM_16")
+    transcript = " ".join(row["txt"] for row in rows[:1])
     (real / "real.jsonl").write_text(
-        json.dumps({"key": "fun_asr_sample", "wav": "sample.wav", "txt": rows[0]["txt"]}, ensure_ascii=False) + "\n",
+        json.dumps({"key": "fun_asr_sample", "wav": "asr_example.wav", "txt": transcript}, ensure_ascii=False) + "\n",
         encoding="utf-8",
     )
     return dest
