@@ -20,6 +20,7 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
 from ..data.featurize import DataConfig
+from .secrets import redact
 
 
 @dataclass
@@ -228,11 +229,13 @@ def save_resolved_config(
     finetune_args: FinetuneArguments,
     training_args: TrainingArguments,
 ) -> None:
-    """`config.yaml`: every option the run uses, by group (model, data, finetune, training)."""
-    resolved = {
-        "model": asdict(model_args),
-        "data": asdict(data_args),
-        "finetune": asdict(finetune_args),
-        "training": training_args.to_dict(),
-    }
+    """`config.yaml`: every option the run uses, by group (model, data, finetune, training); secrets redacted."""
+    resolved = redact(
+        {
+            "model": asdict(model_args),
+            "data": asdict(data_args),
+            "finetune": asdict(finetune_args),
+            "training": training_args.to_dict(),
+        }
+    )
     Path(path).write_text(yaml.safe_dump(resolved, allow_unicode=True, sort_keys=False), encoding="utf-8")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-import json
 import os
 import shutil
 from collections.abc import Sequence
@@ -19,14 +18,10 @@ from pathlib import Path
 import torch
 
 from ..testing.faults import fault_point
-from .checkpointing import atomic_directory
+from .checkpointing import SHARD_INDEX, WEIGHT_FILES, atomic_directory, weight_files
 
-__all__ = ["TRAINING_STATE_PATTERNS", "WEIGHT_FILES", "average_checkpoints"]
+__all__ = ["TRAINING_STATE_PATTERNS", "average_checkpoints"]
 
-# Weight files averaged by `average_checkpoints`, in the order they are looked for. A peft checkpoint has
-# the adapter file; a full model has model.safetensors or shards listed in the index.
-WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors")
-SHARD_INDEX = "model.safetensors.index.json"
 # Files of a checkpoint that describe the training run, not the model: left out of the averaged folder.
 # Stale .bin weights are left out too: they would hold one checkpoint's weights, not the average.
 TRAINING_STATE_PATTERNS = (
@@ -46,11 +41,7 @@ TRAINING_STATE_PATTERNS = (
 
 def _weight_files(folder: Path) -> list[str]:
     """Names (relative to `folder`) of the safetensors weight files to average."""
-    names = [name for name in WEIGHT_FILES if (folder / name).is_file()]
-    index = folder / SHARD_INDEX
-    if index.is_file():
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        names += sorted(set(weight_map.values()) - set(names))
+    names = weight_files(folder)
     if not names:
         raise FileNotFoundError(
             f"{folder}: no {' / '.join(WEIGHT_FILES)} (or {SHARD_INDEX}) to average; "

@@ -347,3 +347,63 @@ def vet_checkpoint(folder: str | os.PathLike) -> None:
             _vet_safetensors(path)
         elif path.suffix in _PICKLED_SUFFIXES and path.name not in _NEVER_LOADED:
             _vet_pickle(path, allowed)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# what a saved model folder holds
+# ----------------------------------------------------------------------------------------------------------
+# The safetensors weight files of a model or adapter folder, in the order they are looked for: a peft folder has
+# the adapter file; a full model has model.safetensors or shards listed in the index.
+WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors")
+SHARD_INDEX = "model.safetensors.index.json"
+
+
+def weight_files(folder: str | os.PathLike) -> list[str]:
+    """Names (relative to `folder`) of its safetensors weight files (`WEIGHT_FILES`, index-listed shards)."""
+    folder = Path(folder)
+    names = [name for name in WEIGHT_FILES if (folder / name).is_file()]
+    index = folder / SHARD_INDEX
+    if index.is_file():
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        names += sorted(set(weight_map.values()) - set(names))
+    return names
+
+
+def saved_tensor_names(folder: str | os.PathLike) -> set[str]:
+    """Names of the tensors in the weight files of a model or adapter folder (safetensors headers only)."""
+    from safetensors import safe_open
+
+    names: set[str] = set()
+    for name in weight_files(folder):
+        with safe_open(str(Path(folder) / name), framework="pt", device="cpu") as handle:
+            names.update(handle.keys())
+    return names
+
+
+def trained_tensor_names(model: torch.nn.Module) -> dict[str, str]:
+    """{name the tensor is saved under: parameter name} for every parameter with ``requires_grad``.
+
+    A peft model saves ``...lora_A.default.weight`` as ``...lora_A.weight`` and a ``modules_to_save`` copy
+    ``...<module>.modules_to_save.default.<param>`` as ``...<module>.<param>``; other models save parameters
+    under their own names (a tied parameter is listed once)."""
+    adapter = getattr(model, "active_adapter", None)
+    drop = {"modules_to_save", adapter} if isinstance(adapter, str) else set()
+    return {
+        ".".join(part for part in name.split(".") if part not in drop): name
+        for name, parameter in model.named_parameters()
+        if parameter.requires_grad
+    }
+
+
+def check_saved_covers_training(model: torch.nn.Module, folder: str | os.PathLike) -> None:
+    """Raise `CheckpointError` naming every trained parameter that the folder's weight files do not hold: training
+    must never be thrown away silently (e.g. a module unfrozen next to LoRA but not in ``modules_to_save``)."""
+    saved = saved_tensor_names(folder)
+    missing = sorted(param for key, param in trained_tensor_names(model).items() if key not in saved)
+    if missing:
+        shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+        raise CheckpointError(
+            f"{folder}: {len(missing)} trained parameter(s) are not in the saved weights ({shown}); saving would "
+            "lose their training. With LoRA, list the trained modules in LoraConfig(modules_to_save=...) "
+            "(training.model_setup.modules_to_save does this for --freeze_* false)"
+        )

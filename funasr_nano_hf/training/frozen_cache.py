@@ -17,12 +17,14 @@ from torch import nn
 
 from ..data.collator import FunAsrNanoCollator
 
+AUDIO_PATH = {"audio_tower": "--freeze_audio_encoder", "multi_modal_projector": "--freeze_audio_adaptor"}
 
-def audio_path_is_frozen(model: nn.Module) -> bool:
-    """True when neither the audio encoder nor the adaptor has a trainable parameter (a `PeftModel` or not)."""
+
+def trained_audio_modules(model: nn.Module) -> list[str]:
+    """The audio-path modules (encoder ``audio_tower``, adaptor ``multi_modal_projector``) with a trainable
+    parameter, a `PeftModel` (trained copies in ``modules_to_save``) or not."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    modules = (base.model.audio_tower, base.model.multi_modal_projector)
-    return not any(p.requires_grad for module in modules for p in module.parameters())
+    return [name for name in AUDIO_PATH if any(p.requires_grad for p in getattr(base.model, name).parameters())]
 
 
 def _audio_weights_fingerprint(base: nn.Module) -> str:
@@ -36,8 +38,13 @@ def _audio_weights_fingerprint(base: nn.Module) -> str:
 
 def add_audio_embeddings(dataset: datasets.Dataset, model: nn.Module, batch_size: int = 8) -> datasets.Dataset:
     """Replace `input_features` by `audio_embeds` ([tokens, llm_hidden] float32 per example)."""
-    if not audio_path_is_frozen(model):
-        raise ValueError("frozen-path caching needs a frozen audio encoder AND adaptor (freeze both)")
+    trained = trained_audio_modules(model)
+    if trained:
+        raise ValueError(
+            f"frozen-path caching needs a frozen audio path, but {' and '.join(trained)} trains "
+            f"({', '.join(AUDIO_PATH[name] + ' false' for name in trained)}): its output cannot be computed once. "
+            "Freeze it or drop --cache_frozen_audio"
+        )
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     collate = FunAsrNanoCollator(pad_token_id=0)
 

@@ -68,6 +68,11 @@ class CardInfo:
                 "llm_dtype": model_args.llm_dtype,
                 "lora": lora,
                 "frozen": ", ".join(name for name, is_frozen in frozen if is_frozen) or "none",
+                # what the saved weights carry: LoRA matrices and/or whole modules (peft modules_to_save)
+                "trained": ", ".join(
+                    (["LoRA"] if model_args.use_lora else [])
+                    + [f"{name} (full)" for name, is_frozen in frozen if not is_frozen]
+                ),
                 "seed": training_args.seed,
             },
         )

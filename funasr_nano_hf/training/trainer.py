@@ -40,9 +40,16 @@ from ..data.samplers import build_batch_sampler
 from ..evaluation import NORMALIZER_NAME, compute_cer
 from ..inference.transcribe import transcribe_featurized
 from ..testing.faults import fault_point
-from .checkpointing import atomic_directory, newest_complete_checkpoint, remove_stale_temporaries, vet_checkpoint
+from .checkpointing import (
+    atomic_directory,
+    check_saved_covers_training,
+    newest_complete_checkpoint,
+    remove_stale_temporaries,
+    vet_checkpoint,
+)
 from .nonfinite import NonFiniteGuard, SkipBatch
 from .oom import BatchShape, out_of_memory_guard
+from .secrets import protect_secrets
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +76,54 @@ def _write_trainer_checkpoint(trainer: Trainer, model: torch.nn.Module, trial: A
 
 def _push_checkpoint(trainer: Trainer, folder: str) -> None:
     """The Trainer's hub push of a checkpoint folder (``hub_strategy`` decides what goes). transformers 5.23.0:
-    private ``Trainer._push_from_checkpoint(checkpoint_folder)``."""
+    private ``Trainer._push_from_checkpoint(checkpoint_folder)`` (overridden below: it uploads via
+    `_upload_model_repo`)."""
     trainer._push_from_checkpoint(folder)
+
+
+def _hub_upload_folder(**kwargs: Any) -> Any:
+    """``HfApi.upload_folder`` through the object the Trainer itself uses (so a test that intercepts the Trainer's
+    uploads sees ours). transformers 5.23.0: ``transformers.trainer.hf_api()`` (module-level, undocumented)."""
+    from transformers import trainer as trainer_module
+
+    return trainer_module.hf_api().upload_folder(**kwargs)
+
+
+def _track_push(trainer: Trainer, jobs: list[Any]) -> None:
+    """Register background upload jobs so the Trainer waits for them at the end. transformers 5.23.0:
+    ``Trainer.push_in_progress`` (a ``transformers.utils.hub.PushInProgress`` or None)."""
+    from transformers.utils.hub import PushInProgress
+
+    if trainer.push_in_progress is None or trainer.push_in_progress.is_done():
+        trainer.push_in_progress = PushInProgress(jobs)
+    else:
+        trainer.push_in_progress.jobs.extend(jobs)
+
+
+# What a model repository holds: the adapter or the model, the processor, the card, metrics and the (secret-free)
+# training arguments -- files at the top of the output folder only. Checkpoints (optimizer states) go only with
+# hub_strategy "checkpoint" / "all_checkpoints", as transformers documents; final/, the n-best average, logs and
+# staging folders never.
+MODEL_REPO_FILES = (
+    "README.md",
+    "adapter_config.json",
+    "adapter_model.safetensors",
+    "config.json",
+    "generation_config.json",
+    "model*.safetensors",
+    "model.safetensors.index.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+    "processor_config.json",
+    "preprocessor_config.json",
+    "*_results.json",
+    "training_args.bin",
+)
 
 
 def _rotate_checkpoints(trainer: Trainer, run_dir: str) -> None:
@@ -175,6 +228,7 @@ class FunAsrNanoTrainer(Trainer):
         )
         self._step_keys: list[str] | None = None  # set while a training step runs
         self._staging_root: str | None = None  # set while a checkpoint is written
+        protect_secrets(self.args)  # training_args.bin (checkpoints, final/, pushes) carries no credential
 
     # -- resume from the newest complete checkpoint, vetted; stale temporaries removed -----------------------
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
@@ -240,6 +294,88 @@ class FunAsrNanoTrainer(Trainer):
             _push_checkpoint(self, str(target))
         if self.args.should_save:
             _rotate_checkpoints(self, str(run_dir))
+
+    def _save(self, output_dir: str | None = None, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        """`Trainer._save` (checkpoints, `final/`, pushes: the model, processor and training arguments), then the
+        guard that what was written holds every trained parameter (`checkpointing.check_saved_covers_training`)."""
+        super()._save(output_dir, state_dict)
+        if self.args.should_save:
+            check_saved_covers_training(self.accelerator.unwrap_model(self.model), output_dir or self.args.output_dir)
+
+    # -- hub: only what belongs in a model repository -----------------------------------------------------
+    def _upload_model_repo(
+        self, commit_message: str, *, blocking: bool, token: str | None = None, revision: str | None = None
+    ) -> Any:
+        """Upload the model-repository files at the top of the output folder (`MODEL_REPO_FILES`), nothing else."""
+        return _hub_upload_folder(
+            repo_id=self.hub_model_id,
+            folder_path=self.args.output_dir,
+            commit_message=commit_message,
+            token=token if token is not None else self.args.hub_token,
+            run_as_future=not blocking,
+            allow_patterns=list(MODEL_REPO_FILES),
+            ignore_patterns=["*/*"],  # nothing from a subfolder (checkpoints, final/, model_avg/, staging)
+            revision=revision if revision is not None else self.args.hub_revision,
+        )
+
+    def push_to_hub(
+        self,
+        commit_message: str | None = "End of training",
+        blocking: bool = True,
+        token: str | None = None,
+        revision: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """`Trainer.push_to_hub`, uploading only `MODEL_REPO_FILES`: the model (saved at the top of the output
+        folder, as the Trainer does), processor, card (`create_model_card`, whose keyword arguments pass
+        through), metrics and the training arguments without secrets."""
+        self.callback_handler.on_push_begin(self.args, self.state, self.control)
+        model_name = kwargs.pop("model_name", None) or (self.args.hub_model_id or Path(self.args.output_dir).name)
+        if self.hub_model_id is None:
+            self.init_hf_repo(token=token if token is not None else self.args.hub_token)
+        self.save_model(_internal_call=True)
+        if not self.is_world_process_zero():
+            return None
+        self.create_model_card(model_name=model_name.split("/")[-1], **kwargs)
+        self._finish_current_push()
+        return self._upload_model_repo(
+            commit_message or "End of training", blocking=blocking, token=token, revision=revision
+        )
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """Override of a private hook (transformers 5.23.0: ``Trainer._push_from_checkpoint(checkpoint_folder)``,
+        the push at each save): the checkpoint's model files are copied to the top of the output folder and
+        `MODEL_REPO_FILES` uploaded; the checkpoint folder itself (optimizer states) only with ``hub_strategy``
+        ``"checkpoint"`` / ``"all_checkpoints"``."""
+        import shutil
+
+        from transformers.trainer_utils import HubStrategy
+
+        if not self.is_world_process_zero() or self.args.hub_strategy == HubStrategy.END:
+            return
+        if not self.args.hub_always_push and self.push_in_progress is not None and not self.push_in_progress.is_done():
+            return
+        self.callback_handler.on_push_begin(self.args, self.state, self.control)
+        source = Path(checkpoint_folder)
+        for name in os.listdir(source):
+            if any(Path(name).match(pattern) for pattern in MODEL_REPO_FILES) and (source / name).is_file():
+                shutil.copy(source / name, Path(self.args.output_dir) / name)
+        message = f"Training in progress, step {self.state.global_step}"
+        jobs = [self._upload_model_repo(message, blocking=False)]
+        if self.args.hub_strategy in (HubStrategy.CHECKPOINT, HubStrategy.ALL_CHECKPOINTS):
+            in_repo = "last-checkpoint" if self.args.hub_strategy == HubStrategy.CHECKPOINT else source.name
+            jobs.append(
+                _hub_upload_folder(
+                    repo_id=self.hub_model_id,
+                    folder_path=str(source),
+                    path_in_repo=in_repo,
+                    commit_message=message + ", checkpoint",
+                    token=self.args.hub_token,
+                    run_as_future=True,
+                    revision=self.args.hub_revision,
+                )
+            )
+        _track_push(self, jobs)
 
     # -- training step: non-finite loss/gradients, out of memory, example keys ------------------------------
     def training_step(

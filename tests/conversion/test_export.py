@@ -18,11 +18,14 @@ from funasr_nano_hf.training.arguments import ModelArguments
 from funasr_nano_hf.training.model_setup import prepare_model_for_finetuning
 
 
-@pytest.fixture(scope="module")
-def adapter_dir(tiny_original_dir, shared_dir, tmp_path_factory):
-    """A LoRA adapter trained for a few real optimizer steps on the shared data."""
+@pytest.fixture(scope="module", params=["lora", "lora+adaptor"])
+def adapter_dir(request, tiny_original_dir, shared_dir, tmp_path_factory):
+    """A LoRA adapter trained for a few real optimizer steps on the shared data; "lora+adaptor" also trains the
+    adaptor (FunASR's default), whose weights travel in the adapter folder (peft ``modules_to_save``)."""
     model, processor = load_pretrained(tiny_original_dir)
-    model = prepare_model_for_finetuning(model, ModelArguments(model_dir=str(tiny_original_dir), lora_dropout=0.0))
+    options = {"freeze_audio_adaptor": False} if request.param == "lora+adaptor" else {}
+    args = ModelArguments(model_dir=str(tiny_original_dir), lora_dropout=0.0, **options)
+    model = prepare_model_for_finetuning(model, args)
     dataset, _ = build_dataset(
         [str(shared_dir / "data" / "tts" / "valid.jsonl")],
         processor,
@@ -36,7 +39,7 @@ def adapter_dir(tiny_original_dir, shared_dir, tmp_path_factory):
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-    out = tmp_path_factory.mktemp("adapter")
+    out = tmp_path_factory.mktemp(request.param.replace("+", "_"))
     model.save_pretrained(str(out))
     return out
 
@@ -69,11 +72,15 @@ def test_export_round_trip_funasr_transcribes_like_us(tiny_original_dir, adapter
     exported = read_model_pt(out / "model.pt")
     assert list(exported) == list(base)
     changed = [k for k in base if not torch.equal(base[k], exported[k])]
-    assert changed and all(
-        k.startswith("llm.model.layers.")
-        and k.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight"))
+    lora = [
+        k
         for k in changed
-    ), changed
+        if k.startswith("llm.model.layers.")
+        and k.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight"))
+    ]
+    adaptor = [k for k in changed if k.startswith("audio_adaptor.")]
+    assert lora and sorted(lora + adaptor) == sorted(changed), changed
+    assert bool(adaptor) == ("adaptor" in adapter_dir.name), adaptor  # the trained adaptor is in the export
     for key in base:
         assert exported[key].dtype == base[key].dtype, key
     for key in (

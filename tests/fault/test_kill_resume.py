@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from finetune_runs import LAST_STEP, assert_same_run, finetune_cmd, run
+from finetune_runs import LAST_STEP, assert_same_run, finetune_cmd, run, weights
 
 from funasr_nano_hf.training.checkpointing import COMPLETE_MARKER
 
@@ -19,8 +19,10 @@ pytestmark = pytest.mark.slow
 KILLED = -9
 
 
-def _kill_then_resume(tiny_original_dir, fault_data, out, fault: str, resumes_from: int, before_resume=None) -> str:
-    cmd = finetune_cmd(tiny_original_dir, fault_data, out)
+def _kill_then_resume(
+    tiny_original_dir, fault_data, out, fault: str, resumes_from: int, before_resume=None, extra=()
+) -> str:
+    cmd = finetune_cmd(tiny_original_dir, fault_data, out, *extra)
     run(cmd, fault=fault, returncode=KILLED)
     assert not (out / "final").exists()
     checkpoints = sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
@@ -82,3 +84,15 @@ def test_kill_during_nbest_averaging(tiny_original_dir, fault_data, reference, t
         tiny_original_dir, fault_data, out, "average:1", resumes_from=LAST_STEP, before_resume=check_torn_average
     )
     assert_same_run(out, reference)
+
+
+def test_kill_with_a_trained_adaptor(tiny_original_dir, fault_data, tmp_path):
+    """LoRA + a trained adaptor (FunASR's default; saved with the adapter as peft ``modules_to_save``): kill -9
+    mid-step, ``--resume``, and the run equals its uninterrupted twin -- the adaptor's training included."""
+    extra = ("--freeze_audio_adaptor", "false")
+    reference = tmp_path / "reference"
+    run(finetune_cmd(tiny_original_dir, fault_data, reference, *extra))
+    out = tmp_path / "out"
+    _kill_then_resume(tiny_original_dir, fault_data, out, "step:4", resumes_from=3, extra=extra)
+    assert_same_run(out, reference)
+    assert any("multi_modal_projector" in key for key in weights(out / "final"))
