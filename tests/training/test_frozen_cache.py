@@ -47,7 +47,9 @@ def test_refuses_a_trainable_audio_path(tiny_original_dir, lora_model_and_data):
     model = prepare_model_for_finetuning(
         model, ModelArguments(model_dir=str(tiny_original_dir), freeze_audio_adaptor=False)
     )
-    with pytest.raises(ValueError, match="frozen audio encoder AND adaptor"):
+    with pytest.raises(
+        ValueError, match=r"frozen audio path, but multi_modal_projector trains \(--freeze_audio_adaptor false\)"
+    ):
         add_audio_embeddings(dataset, model)
 
 
