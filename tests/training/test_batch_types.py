@@ -84,3 +84,35 @@ def test_max_tokens_is_refused_with_the_remedy():
     base = ["--model_dir", "m", "--train_data", "t.jsonl", "--output_dir", "o", "--use_cpu"]
     with pytest.raises(ValueError, match=r"--max_tokens 6000: removed.*--batch_type token --batch_size 6000"):
         parse_args(base + ["--batch_type", "token", "--max_tokens", "6000"])
+
+
+def test_token_batches_on_two_ddp_processes(tiny_original_dir, data_dir, tmp_path):
+    """`accelerate launch` with 2 processes (DDP on CPU): both ranks fix the same count of batches per epoch
+    (formed globally, dealt round-robin), so every epoch ends together, and the run makes epochs x count steps."""
+    import re
+    import socket
+    import sys
+
+    from helpers import REPO, run
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = tmp_path / "out"
+    launch = [Path(sys.executable).parent / "accelerate", "launch", "--config_file"]
+    launch += [REPO / "examples" / "accelerate" / "ddp.yaml", "--num_processes", "2", "--main_process_port", port]
+    extra = ["--batch_type", "token", "--batch_size", str(BUDGET), "--sort_size", "12", "--max_epoch", "2"]
+    extra += ["--use_cpu", "true", "--num_workers", "0", "--log_interval", "1", "--early_stopping_patience", "0"]
+    extra += ["--log_level", "info"]
+    env = {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    log = run([*launch, *finetune_args(tiny_original_dir, data_dir, out, *extra, valid=False)], env=env)
+    counts = re.findall(r"batch_type token: (\d+) batches per epoch on this process over 2 epochs", log)
+    assert len(counts) == 2 and counts[0] == counts[1], log[-3000:]  # one line per process, the same count
+    per_rank = int(counts[0])
+    assert f"Num update steps per epoch = {per_rank}" in log
+    logged = [
+        int(line.split(" | ")[1].split()[1])
+        for line in (out / "train.log").read_text().splitlines()
+        if " | loss " in line
+    ]
+    assert logged == list(range(1, 2 * per_rank + 1))
