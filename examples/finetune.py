@@ -4,8 +4,8 @@
     accelerate launch examples/finetune.py --config examples/configs/lora.yaml [--key value ...]
     python examples/finetune.py --model_dir DIR --train_data train.jsonl --valid_data valid.jsonl --output_dir out
 
-The model comes from `load_pretrained` (original FunASR folder or HF folder). The output dir gets
-`train.log`, the resolved `config.yaml`, self-contained checkpoints (processor inside), the final
+The model comes from `load_pretrained` (original FunASR folder, HF folder, or a hub id, downloaded). The output
+dir gets `train.log`, the resolved `config.yaml`, self-contained checkpoints (processor inside), the final
 adapter (or model), and the n-best average. Checkpoints and output folders are written atomically;
 `--resume` continues from the newest complete checkpoint (tests/fault/README.md lists the faults covered).
 """
@@ -20,6 +20,7 @@ from pathlib import Path
 from transformers import EarlyStoppingCallback, TrainerCallback, set_seed
 
 from funasr_nano_hf import load_pretrained
+from funasr_nano_hf.conversion.loading import resolve_model_dir
 from funasr_nano_hf.data.collator import FunAsrNanoCollator
 from funasr_nano_hf.data.featurize import MAX_PROBLEMS_SHOWN, DataConfig, build_dataset
 from funasr_nano_hf.models.processing_funasr_nano import FunAsrNanoHfProcessor
@@ -44,8 +45,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if training_args.process_index == 0:
         save_resolved_config(out / "config.yaml", model_args, data_args, finetune_args, training_args)
 
-    # 3. Load model and processor
-    model, processor = load_pretrained(model_args.model_dir)
+    # 3. Load model and processor (a hub id is downloaded first, by one process)
+    with training_args.main_process_first(desc="model download"):
+        model_dir = resolve_model_dir(model_args.model_dir, hub=model_args.hub, revision=model_args.model_revision)
+    model, processor = load_pretrained(model_dir)
 
     # 4. Load and featurize data
     data_config = DataConfig.from_args(data_args)
@@ -76,7 +79,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         processing_class=processor,
         processor=processor,
         batch_type=data_args.batch_type,
-        max_tokens=data_args.max_tokens,
+        sort_size=data_args.sort_size,
+        batch_size_sample_max=data_args.batch_size_sample_max,
         eval_max_new_tokens=finetune_args.eval_max_new_tokens,
         callbacks=_callbacks(finetune_args, out, validating=valid_set is not None),
         card_info=CardInfo.from_args(model_args, data_args, training_args, train_set, valid_set),

@@ -3,8 +3,11 @@
 The original folder is `config.yaml` + `model.pt` (`{"state_dict": ...}`) + `Qwen3-0.6B/` (LLM config and
 tokenizer; its weights live in model.pt) + optional `configuration.json`; `load_original` reads it
 (original -> HF, names mapped by `original_layout`), and `export.export_funasr` writes one back (HF -> original).
-An HF folder is what `save_hf_folder` (or `funasr-nano-hf convert`) writes; `load_hf` reads it. Every failure
-names the file and, for weights, the key and shapes.
+An HF folder is what `save_hf_folder` (or `funasr-nano-hf convert`) writes; `load_hf` reads it. A model id on a
+hub (``FunAudioLLM/Fun-ASR-Nano-2512``, in either layout) is downloaded first by `resolve_model_dir`: from the
+Hugging Face Hub with huggingface_hub (its cache, ``HF_HUB_CACHE``; offline, ``HF_HUB_OFFLINE=1``, the cache
+only), or from ModelScope with the modelscope package (what FunASR's own download uses). Every failure names the
+file and, for weights, the key and shapes; a failed download says what to download where.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import contextlib
 import json
 import logging
 import pickle
+import re
 import zipfile
 from collections import Counter
 from collections.abc import Iterator
@@ -35,6 +39,104 @@ logger = logging.getLogger(__name__)
 
 # The placeholder token FunASR's prompt puts where the audio goes (one per audio frame the LLM sees).
 AUDIO_TOKEN = "<|object_ref_start|>"
+
+
+HUBS = ("hf", "ms")
+# A model id as both hubs spell it: "Org/Name" (letters, digits, "-", "_", "."), which no existing path matched.
+_MODEL_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+
+
+def resolve_model_dir(
+    model: str | Path, *, hub: str = "hf", revision: str | None = None, cache_dir: str | Path | None = None
+) -> Path:
+    """The local folder of `model`: a folder as it is; a hub model id (``Org/Name``) downloaded into the hub's
+    cache, or found there, and its snapshot folder returned.
+
+    ``hub="hf"``: `huggingface_hub.snapshot_download` (cache ``cache_dir`` or ``HF_HUB_CACHE``; with
+    ``HF_HUB_OFFLINE=1`` only the cache is looked at). ``hub="ms"``: ModelScope's ``snapshot_download`` from the
+    modelscope package, as FunASR downloads (revision "master" unless given); modelscope is optional and is
+    imported only here. A failure raises `CheckpointError` saying what to download where.
+    """
+    if hub not in HUBS:
+        raise CheckpointError(
+            f"hub {hub!r}: not a known hub; use one of {list(HUBS)} (hf: Hugging Face, ms: ModelScope)"
+        )
+    path = Path(model)
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise CheckpointError(f"{path}: not a directory (expected a FunASR model folder or an HF folder)")
+    name = str(model)
+    if not _MODEL_ID.match(name):
+        raise CheckpointError(
+            f"{path}: no such folder (expected a FunASR model folder, an HF folder, or a hub model id such as "
+            "FunAudioLLM/Fun-ASR-Nano-2512)"
+        )
+    if hub == "ms":
+        return _download_from_modelscope(name, revision, cache_dir)
+    return _download_from_hf(name, revision, cache_dir)
+
+
+def _download_from_hf(repo_id: str, revision: str | None, cache_dir: str | Path | None) -> Path:
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    cache = Path(cache_dir or constants.HF_HUB_CACHE)
+    at = f" at revision {revision}" if revision else ""
+    fetch = f"hf download {repo_id}" + (f" --revision {revision}" if revision else "")
+    where = (
+        f"Download it where there is network with `{fetch}` into that cache (HF_HUB_CACHE={cache}; or copy its "
+        f"{cache.name}/models--{repo_id.replace('/', '--')} folder here), or download it to a folder "
+        f"(`{fetch} --local-dir DIR`) and pass that folder"
+    )
+    try:
+        folder = snapshot_download(repo_id, revision=revision, cache_dir=cache_dir)
+    except (RepositoryNotFoundError, GatedRepoError) as err:
+        raise CheckpointError(
+            f"{repo_id}: no such local folder, and the Hugging Face Hub gives no model repository of that name"
+            f"{at} ({type(err).__name__}; private or gated repositories need `hf auth login`). A ModelScope id "
+            "needs hub='ms' (--hub ms)"
+        ) from err
+    except RevisionNotFoundError as err:
+        raise CheckpointError(f"{repo_id}: the Hugging Face Hub has no revision {revision!r} of it") from err
+    except LocalEntryNotFoundError as err:
+        if constants.HF_HUB_OFFLINE:
+            reason = "HF_HUB_OFFLINE=1 forbids downloading it"
+        else:
+            reason = f"the Hub could not be reached ({err.__cause__ or err})"
+        raise CheckpointError(
+            f"{repo_id}: no such local folder, not in the Hugging Face cache {cache}{at}, and {reason}. {where}"
+        ) from err
+    except (HfHubHTTPError, OSError) as err:
+        raise CheckpointError(f"{repo_id}: downloading from the Hugging Face Hub failed ({err}). {where}") from err
+    logger.info("%s: using %s", repo_id, folder)
+    return Path(folder)
+
+
+def _download_from_modelscope(model_id: str, revision: str | None, cache_dir: str | Path | None) -> Path:
+    try:
+        from modelscope.hub.snapshot_download import snapshot_download
+    except ImportError as err:
+        raise CheckpointError(
+            f"{model_id}: hub='ms' downloads from ModelScope with the modelscope package, which is not installed "
+            "(pip install modelscope; FunASR downloads with it too), or use hub='hf' for the same id on the "
+            "Hugging Face Hub"
+        ) from err
+    try:
+        folder = snapshot_download(model_id, revision=revision or "master", cache_dir=cache_dir)
+    except Exception as err:  # modelscope raises its own error types (and requests' / OS errors) for each failure
+        raise CheckpointError(
+            f"{model_id}: downloading from ModelScope failed ({type(err).__name__}: {err}). Download it where "
+            f"there is network (`modelscope download --model {model_id} --local_dir DIR`) and pass that folder"
+        ) from err
+    logger.info("%s: using %s", model_id, folder)
+    return Path(folder)
 
 
 def detect_layout(path: str | Path) -> str:
@@ -244,13 +346,21 @@ def load_hf(
 
 
 def load_pretrained(
-    path: str | Path, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
+    path: str | Path,
+    *,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+    hub: str = "hf",
+    revision: str | None = None,
 ) -> tuple[FunAsrNanoHfForConditionalGeneration, FunAsrNanoHfProcessor]:
-    """(model, processor) from an original FunASR folder or an HF folder, detected from the files.
+    """(model, processor) from an original FunASR folder or an HF folder, detected from the files; a hub model
+    id (e.g. ``"FunAudioLLM/Fun-ASR-Nano-2512"``) is downloaded first (`resolve_model_dir`: `hub` "hf" or
+    "ms", `revision`).
 
     dtype is the LLM's (the audio encoder/adaptor stay fp32). None: fp32 for an original folder (as
     FunASR's inference runs), the stored dtype for an HF folder.
     """
+    path = resolve_model_dir(path, hub=hub, revision=revision)
     if detect_layout(path) == "original":
         return load_original(path, dtype=dtype or torch.float32, device=device)
     return load_hf(path, dtype=dtype, device=device)

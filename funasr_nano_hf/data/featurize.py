@@ -8,8 +8,12 @@
    (`FunAsrNanoHfProcessor.build_training_example`, with the record's `instruction`: the user-turn text before
    the audio). Its fingerprint is derived from the records and the processor's configuration, so a second run
    of the same config is a cache hit: no audio is read.
-3. Length filters (guide defaults: 2000 fbank frames, 200 target tokens) drop examples by reason, counted
-   and reported in a `DataReport` (the same report as `funasr-nano-hf check-data`).
+3. Length filters drop examples by reason, counted and reported in a `DataReport` (the same report as
+   `funasr-nano-hf check-data`). They compare what FunASR's Nano dataset compares, in its units
+   (`DataConfig`): fbank frames (10 ms) and text tokens, as the `speech_length` / `text_length` FunASR's
+   `scp2jsonl` writes and its index filters on; the total LLM tokens per example (`max_token_length`); and,
+   for batch types length/token, fbank frames + text tokens, which FunASR's batch sampler skips beyond
+   `max_token_length` (2048 when unset).
 """
 
 from __future__ import annotations
@@ -34,6 +38,11 @@ logger = logging.getLogger(__name__)
 
 FEATURIZE_VERSION = "3"  # bump when the featurization code changes what it writes (3: `instruction` column)
 FRAMES_PER_SECOND = 100  # 10 ms fbank frames
+BATCH_TYPES = ("example", "length", "token")
+# FunASR's defaults for an unset `max_token_length`: the Nano dataset's (LLM tokens per example) and the
+# length/token batch samplers' (fbank frames + text tokens per example).
+FUNASR_MAX_TOKEN_LENGTH = 1500
+FUNASR_SAMPLER_MAX_TOKEN_LENGTH = 2048
 MAX_PROBLEMS_SHOWN = 50  # problem lines in a log message or error (check-data prints them all)
 
 
@@ -41,13 +50,36 @@ MAX_PROBLEMS_SHOWN = 50  # problem lines in a log message or error (check-data p
 class DataConfig:
     """How manifests become training examples, with FunASR's fine-tuning guide names and defaults.
 
+    The length limits are FunASR's `dataset_conf` keys, compared in FunASR's units. FunASR applies one key in
+    two places, with different units: its index filter (at load, on the manifest's `speech_length` in 10 ms fbank
+    frames and `text_length` in text tokens) and the dataset's `__getitem__` (on LFR frames of 60 ms, and on the
+    tokens of transcript + `<|im_end|>`, where it only logs). With one value for both, the index filter is the
+    one that drops (N fbank frames are a sixth of N LFR frames), so `max_source_length` 2000 (the guide's
+    default) drops clips over 20 s in FunASR, and here. The lengths are measured from the audio and the
+    tokenizer, with the formulas of FunASR's `scp2jsonl` (so they equal the manifest's for a manifest it wrote).
+
     The fine-tuning options (`training.arguments.DataArguments`) take these fields' defaults and help texts from
     here, and `from_args` builds the config back from them, so each is defined once.
     """
 
-    max_source_length: int = field(default=2000, metadata={"help": "10 ms fbank frames"})  # = FunASR speech_length
-    max_target_length: int = field(default=200, metadata={"help": "transcript tokens"})  # + <|im_end|>
-    min_source_length: int = field(default=10, metadata={"help": "10 ms fbank frames"})
+    max_source_length: int = field(
+        default=2000, metadata={"help": "fbank frames (10 ms): longer clips are dropped (2000 = 20 s, FunASR's unit)"}
+    )
+    max_target_length: int = field(
+        default=200, metadata={"help": "text tokens of the transcript (without <|im_end|>): longer ones are dropped"}
+    )
+    min_source_length: int = field(default=10, metadata={"help": "fbank frames (10 ms): shorter clips are dropped"})
+    max_token_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "LLM tokens per example (prompt + audio placeholders + transcript); with batch_type length/token "
+            "also fbank frames + text tokens per example (FunASR's sampler). Unset: FunASR's defaults, 1500 and 2048"
+        },
+    )
+    batch_type: str = field(
+        default="example",
+        metadata={"help": "example | length | token (length/token: --batch_size is a padded budget, as in FunASR)"},
+    )
     num_proc: int = field(default=1, metadata={"help": "processes for featurization (Dataset.map)"})
     # "stop": refuse to train on manifests with errors; "skip": drop them, counted
     on_bad_data: str = field(default="stop", metadata={"help": "stop | skip (skipped examples are counted)"})
@@ -59,6 +91,25 @@ class DataConfig:
     def __post_init__(self):
         if self.on_bad_data not in ("stop", "skip"):
             raise ValueError(f"on_bad_data must be 'stop' or 'skip', got {self.on_bad_data!r}")
+        if self.batch_type not in BATCH_TYPES:
+            raise ValueError(f"batch_type must be one of {list(BATCH_TYPES)}, got {self.batch_type!r}")
+        for name in ("max_source_length", "max_target_length", "min_source_length", "max_token_length"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+
+    @property
+    def token_limit(self) -> int:
+        """LLM tokens per example beyond which FunASR's dataset refuses the example (`max_token_length`)."""
+        return FUNASR_MAX_TOKEN_LENGTH if self.max_token_length is None else self.max_token_length
+
+    @property
+    def source_limit(self) -> int | None:
+        """fbank frames + text tokens beyond which FunASR's length/token sampler skips an example; None for
+        batch_type example (FunASR's example sampler filters only when `max_token_length` is set)."""
+        if self.batch_type == "example":
+            return self.max_token_length
+        return FUNASR_SAMPLER_MAX_TOKEN_LENGTH if self.max_token_length is None else self.max_token_length
 
     @classmethod
     def option_name(cls, name: str) -> str:
@@ -152,6 +203,41 @@ def _processor_fingerprint(processor: Any) -> str:
     return hashlib.sha256(json.dumps(state, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def text_length(num_tokens: int) -> int:
+    """FunASR's `text_length` (tokens of the transcript) from our `num_tokens` (transcript + `<|im_end|>`)."""
+    return max(int(num_tokens) - 1, 0)
+
+
+def source_lengths(dataset: datasets.Dataset) -> list[int]:
+    """FunASR's `source_len` per example, fbank frames + text tokens: what its length/token batching budgets."""
+    return [int(f) + text_length(t) for f, t in zip(dataset["num_frames"], dataset["num_tokens"])]
+
+
+def drop_reason(fbank_frames: int, text_tokens: int, llm_tokens: int, config: DataConfig) -> str:
+    """Why FunASR's Nano pipeline would not train on an example with these lengths ("" = it would), checked
+    in its order: the index filter, the dataset's token limit, the batch sampler's limit."""
+    if fbank_frames > config.max_source_length:
+        return f"audio longer than max_source_length={config.max_source_length} fbank frames (10 ms)"
+    if fbank_frames < config.min_source_length:
+        return f"audio shorter than min_source_length={config.min_source_length} fbank frames (10 ms)"
+    if text_tokens > config.max_target_length:
+        return f"transcript longer than max_target_length={config.max_target_length} text tokens"
+    if llm_tokens > config.token_limit:
+        default = " (FunASR's default)" if config.max_token_length is None else ""
+        return (
+            f"example longer than max_token_length={config.token_limit}{default} LLM tokens "
+            "(prompt + audio placeholders + transcript)"
+        )
+    source_limit = config.source_limit
+    if source_limit is not None and fbank_frames + text_tokens > source_limit:
+        default = " (FunASR's default for its length/token sampler)" if config.max_token_length is None else ""
+        return (
+            f"fbank frames + text tokens over max_token_length={source_limit}{default}, "
+            f"which FunASR's {config.batch_type} batch sampler skips"
+        )
+    return ""
+
+
 def featurize(
     dataset: datasets.Dataset, processor: Any, config: DataConfig, report: DataReport | None = None
 ) -> tuple[datasets.Dataset, DataReport]:
@@ -184,18 +270,11 @@ def featurize(
     )
     # Reasons are computed once (vectorised over columns) so that every dropped row is counted.
     errors, frames, tokens = featurized["error"], featurized["num_frames"], featurized["num_tokens"]
-    reasons: list[str] = []
-    for error, n_frames, n_tokens in zip(errors, frames, tokens):
-        if error:
-            reasons.append("unreadable audio")
-        elif n_frames > config.max_source_length:
-            reasons.append(f"audio longer than max_source_length={config.max_source_length} frames")
-        elif n_frames < config.min_source_length:
-            reasons.append(f"audio shorter than min_source_length={config.min_source_length} frames")
-        elif n_tokens > config.max_target_length:
-            reasons.append(f"transcript longer than max_target_length={config.max_target_length} tokens")
-        else:
-            reasons.append("")
+    prompts = featurized["prompt_length"]
+    reasons = [
+        "unreadable audio" if error else drop_reason(n_frames, text_length(n_tokens), n_prompt + n_tokens, config)
+        for error, n_frames, n_tokens, n_prompt in zip(errors, frames, tokens, prompts)
+    ]
     report.dropped.update(reason for reason in reasons if reason)
     notes = featurized["note"]
     if any(errors) or any(notes):
@@ -206,7 +285,7 @@ def featurize(
         raise DataError("unreadable audio (on_bad_data='stop'):\n" + report.format(MAX_PROBLEMS_SHOWN))
     for error, n_frames, n_tokens in zip(errors, frames, tokens):
         if not error:  # every readable clip, kept or not (as check-data measures them)
-            report.measure(n_frames / FRAMES_PER_SECOND, n_tokens)
+            report.measure(n_frames / FRAMES_PER_SECOND, text_length(n_tokens))
     keep = [i for i, reason in enumerate(reasons) if not reason]
     result = featurized.select(keep) if len(keep) < len(featurized) else featurized
     report.usable = len(result)

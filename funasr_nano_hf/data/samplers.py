@@ -1,29 +1,37 @@
 """Batch samplers for speech fine-tuning: FunASR's three ``batch_type`` s, deterministic, sharded, resumable.
 
 Each sampler is a ``torch.utils.data.Sampler[list[int]]`` that yields one list of dataset indices per batch, for
-``DataLoader(dataset, batch_sampler=...)``. Its only per-example input is ``lengths`` (the cost of each example,
-e.g. fbank frames + label tokens), so the dataset is never touched. `build_batch_sampler(batch_type, ...)` picks
-the class: ``"example"`` (`ExampleBatchSampler`, fixed count), ``"length"`` (`LengthBatchSampler`, fixed count of
-similar-length examples) or ``"token"`` (`TokenBatchSampler`, a padded-size budget). What all three share --
-epochs as a pure function of ``(seed, epoch)``, sharding over ranks, ``state_dict`` resumption -- is
-`BatchSamplerBase`; each class docstring states its constraint and algorithm.
+``DataLoader(dataset, batch_sampler=...)``. Its only per-example input is ``lengths`` (the cost of each example:
+FunASR's ``source_len`` = fbank frames + text tokens), so the dataset is never touched.
+`build_batch_sampler(batch_type, ...)` picks the class, with FunASR's meaning of ``batch_size``:
+
+* ``"example"`` (`ExampleBatchSampler`): ``batch_size`` examples per batch;
+* ``"length"`` / ``"token"`` (`LengthBatchSampler`, `TokenBatchSampler`, identical as in FunASR):
+  ``batch_size`` is a *padded budget*, ``max(lengths in batch) * len(batch) <= batch_size``, batches formed
+  greedily in buffers of ``sort_size`` examples sorted by length, re-formed every epoch.
+
+What all share -- epochs as a pure function of ``(seed, epoch)``, sharding over ranks, ``state_dict``
+resumption, a batch count that can be fixed over the epochs of a run -- is `BatchSamplerBase`; each class
+docstring states its constraint and algorithm.
 
 Example::
 
     >>> from funasr_nano_hf.data.samplers import build_batch_sampler
-    >>> lengths = [120, 900, 450, 300, 610, 75]            # e.g. fbank frames + label tokens per example
-    >>> sampler = build_batch_sampler("token", lengths, max_tokens=1200, seed=0)
+    >>> lengths = [120, 900, 450, 300, 610, 75]            # fbank frames + text tokens per example
+    >>> sampler = build_batch_sampler("token", lengths, batch_size=1200, seed=0)
     >>> all(max(lengths[i] for i in b) * len(b) <= 1200 for b in sampler)
     True
     >>> sorted(i for b in sampler for i in b)
     [0, 1, 2, 3, 4, 5]
 
-Hand-written (after lhotse's resumable samplers): torch's and accelerate's samplers have no length or
-padded-size batching, and transformers' ``group_by_length`` has no token budget.
+Hand-written (after FunASR's ``CustomDistributedBufferDynamicBatchSampler`` and lhotse's resumable samplers):
+torch's and accelerate's samplers have no padded-size batching, and transformers' ``group_by_length`` has no
+budget.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
@@ -44,6 +52,7 @@ __all__ = [
     "LengthBatchSampler",
     "TokenBatchSampler",
     "build_batch_sampler",
+    "DynamicBatchSampler",
     "sort_within_buffers",
 ]
 
@@ -127,7 +136,13 @@ class BatchSamplerBase(Sampler[list[int]], ABC):
       counts batches *handed to* the ``DataLoader``; with ``num_workers > 0`` it runs ahead of the training
       step by the prefetch depth, so for an exact resume store the steps actually consumed in its place.
     * **Cheap**: the epoch's batch list is built once (numpy permutation + one ``lexsort`` for the buffer sort,
-      a loop over *batches*, not examples, for ``"token"``) and cached; iteration only converts arrays to lists.
+      a loop over *batches*, not examples, for ``"length"``/``"token"``) and cached; iteration only converts
+      arrays to lists.
+    * **A fixed count per epoch when asked** (`fix_num_batches`): the Hugging Face Trainer reads
+      ``len(dataloader)`` once and runs that many batches every epoch, but buffered length batching forms a
+      slightly different number of batches each epoch. After ``fix_num_batches(num_epochs)`` every epoch has
+      the largest count of those epochs: an epoch that formed fewer batches splits its largest batches in two
+      (each example still once, every budget still kept) until it has as many.
 
     Deliberately no ``batch_size`` attribute: accelerate's ``BatchSamplerShard`` reads
     ``batch_sampler.batch_size`` and, when it is set, treats a shorter batch as incomplete and pads or drops
@@ -169,6 +184,7 @@ class BatchSamplerBase(Sampler[list[int]], ABC):
         self._batches_yielded = 0  # this rank, this epoch: what state_dict reports
         self._resume_at = 0  # pending skip for the next __iter__ (set by load_state_dict)
         self._cache: tuple[tuple[int, int], list[np.ndarray], int] | None = None
+        self.num_batches: int | None = None  # global batches per epoch once fixed (`fix_num_batches`)
 
     # ---- what subclasses define -------------------------------------------------------------------
 
@@ -188,6 +204,7 @@ class BatchSamplerBase(Sampler[list[int]], ABC):
             "num_replicas": self.num_replicas,
             "shuffle": self.shuffle,
             "drop_last": self.drop_last,
+            "num_batches": self.num_batches,
         }
 
     # ---- the epoch's batches ----------------------------------------------------------------------
@@ -199,14 +216,31 @@ class BatchSamplerBase(Sampler[list[int]], ABC):
             self._cache = (key, *self._build_plan())
         return self._cache[1], self._cache[2]
 
-    def _build_plan(self) -> tuple[list[np.ndarray], int]:
-        rng = np.random.default_rng([self.seed, self.epoch])
+    def _epoch_batches(self, epoch: int, rng: np.random.Generator | None = None) -> list[np.ndarray]:
+        """The global batches of `epoch` as formed (before any split or rank padding)."""
+        rng = rng if rng is not None else np.random.default_rng([self.seed, epoch])
         keep = np.ones(self.lengths.size, dtype=bool)
         keep[self.skipped] = False
         order = np.flatnonzero(keep)
         if self.shuffle:
             order = rng.permutation(order)
-        batches = self._cut(self._arrange(order))
+        return self._cut(self._arrange(order))
+
+    def _build_plan(self) -> tuple[list[np.ndarray], int]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        batches = self._epoch_batches(self.epoch, rng)
+        if self.num_batches is not None:
+            if len(batches) < self.num_batches:
+                batches = split_largest(batches, self.num_batches)
+            elif len(batches) > self.num_batches:
+                logger.warning(
+                    "epoch %d forms %d batches, more than the %d fixed by fix_num_batches (an epoch beyond the "
+                    "ones it counted): a Trainer that read len() once stops this epoch after %d",
+                    self.epoch,
+                    len(batches),
+                    self.num_batches,
+                    self.num_batches,
+                )
 
         replicas = self.num_replicas
         padding = 0
@@ -229,6 +263,17 @@ class BatchSamplerBase(Sampler[list[int]], ABC):
     def __len__(self) -> int:
         """Batches this rank yields in a full pass of the current epoch (not reduced by a pending resume)."""
         return len(self._plan()[0])
+
+    def fix_num_batches(self, num_epochs: int) -> int:
+        """Give epochs ``0 .. num_epochs-1`` the same number of batches (the largest any of them forms) and
+        return this rank's ``len()``, for a consumer that reads the length once (the Hugging Face Trainer
+        sizes its epochs, ``max_steps`` and schedules from it). Epochs that form fewer batches split their
+        largest batches (`split_largest`): no example is repeated or left out, and no budget is exceeded."""
+        num_epochs = _positive_int("num_epochs", num_epochs)
+        self.num_batches = None
+        self.num_batches = max(len(self._epoch_batches(epoch)) for epoch in range(num_epochs)) or None
+        self._cache = None
+        return len(self)
 
     def __iter__(self) -> Iterator[list[int]]:
         batches = self._plan()[0]
@@ -315,94 +360,63 @@ class ExampleBatchSampler(BatchSamplerBase):
         return batches
 
 
-class LengthBatchSampler(ExampleBatchSampler):
-    """``batch_type="length"``: fixed-size batches of similar-length examples (length bucketing).
+class DynamicBatchSampler(BatchSamplerBase):
+    """FunASR's ``batch_type`` ``"length"`` / ``"token"`` (the two are one algorithm there): batches bounded
+    by their padded size.
 
-    Constraint: as ``"example"``, ``len(batch) == batch_size`` except the epoch's last batch.
-    Algorithm: per epoch, shuffle the indices with the seeded generator; split them into buffers of
-    ``sort_size * num_replicas`` examples (``sort_size`` is per rank, as in FunASR), rounded up to a multiple
-    of ``batch_size * num_replicas`` so no batch and no step group straddles two buffers; sort each buffer
-    by length; cut into batches; shuffle the order of the step groups. Larger ``sort_size``: less padding,
-    less randomness in which examples meet; ``None`` sorts the whole epoch at once.
+    Constraint: ``max(lengths[i] for i in batch) * len(batch) <= batch_size`` (``lengths`` = FunASR's
+    ``source_len``, fbank frames + text tokens) and ``len(batch) <= batch_size_sample_max``. A zero length counts
+    as 1.
+
+    Algorithm (FunASR's ``CustomDistributedBufferDynamicBatchSampler``): per epoch, shuffle the examples; cut the
+    order into buffers of ``sort_size * num_replicas`` examples (``sort_size`` is per rank, as in FunASR) and
+    sort each buffer by length, shortest first; walk each buffer greedily, adding the next example while the
+    batch's padded size and count stay within the limits, else starting a new batch. Batches never straddle
+    two buffers. ``sort_size=None`` sorts the whole epoch as one buffer; ``sort_size <= 0`` does not sort (FunASR's
+    sampler without ``sort_size``). The order of the step groups is shuffled (as for every type here).
+    Larger ``sort_size``: less padding, less randomness in which examples meet; because the shuffle changes
+    with the epoch, so do the batches.
+
+    Oversize examples (``length > batch_size``) are never dropped silently:
+
+    * ``oversize="single"`` (default, FunASR's behaviour): each gets a batch of its own, the one case where a
+      batch exceeds the budget; a warning with their indices is logged when the sampler is built.
+    * ``oversize="skip"``: they are left out of every epoch and listed in ``self.skipped`` (also logged), for
+      the caller to report or to filter from the dataset.
+
+    With buffers the number of batches can change slightly from epoch to epoch (`fix_num_batches` fixes it);
+    with ``sort_size=None`` the batches depend only on the sorted lengths, so the count is the same every epoch.
 
     Example::
 
-        >>> s = LengthBatchSampler([9, 1, 8, 2, 7, 3], batch_size=2, shuffle=False)
+        >>> s = TokenBatchSampler([100, 300, 200, 50, 700], batch_size=600, shuffle=False)
         >>> list(s)
-        [[1, 3], [5, 4], [2, 0]]
+        [[3, 0, 2], [1], [4]]
     """
-
-    batch_type = "length"
 
     def __init__(
         self,
         lengths: Sequence[int] | np.ndarray | torch.Tensor,
         *,
         batch_size: int,
-        sort_size: int | None = 1024,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(lengths, batch_size=batch_size, **kwargs)
-        self.sort_size = None if sort_size is None else _positive_int("sort_size", sort_size)
-
-    def _config(self) -> dict[str, Any]:
-        return {**super()._config(), "sort_size": self.sort_size}
-
-    def _arrange(self, order: np.ndarray) -> np.ndarray:
-        buffer_size = None
-        if self.sort_size is not None:
-            step = self.examples_per_batch * self.num_replicas
-            buffer_size = -(-self.sort_size * self.num_replicas // step) * step
-        return sort_within_buffers(order, self.lengths, buffer_size)
-
-
-class TokenBatchSampler(BatchSamplerBase):
-    """``batch_type="token"``: batches bounded by their padded size, as FunASR's ``batch_type: token``.
-
-    Constraint: ``max(lengths[i] for i in batch) * len(batch) <= max_tokens`` and, if given,
-    ``len(batch) <= max_batch_size``. A zero length counts as 1 here.
-    Algorithm: per epoch, shuffle; split into buffers of ``sort_size * num_replicas`` examples (``None``: the
-    whole epoch); sort each buffer by length *descending*; walk each buffer greedily, giving a batch that
-    starts at a length-``L`` example ``min(max_tokens // L, max_batch_size, rest of buffer)`` examples (the
-    first is the longest, so this is the most that fits); shuffle the order of the step groups.
-
-    Oversize examples (``length > max_tokens``) are never dropped silently:
-
-    * ``oversize="single"`` (default): each gets a batch of its own, the one case where a batch exceeds the
-      budget; a warning with their indices is logged when the sampler is built.
-    * ``oversize="skip"``: they are left out of every epoch and listed in ``self.skipped`` (also logged), for
-      the caller to report or to filter from the dataset.
-
-    With buffers the number of batches can change slightly from epoch to epoch; with ``sort_size=None`` the
-    batch sizes depend only on the sorted lengths, so the count is the same every epoch.
-
-    Example::
-
-        >>> s = TokenBatchSampler([100, 300, 200, 50, 700], max_tokens=600, shuffle=False)
-        >>> list(s)
-        [[4], [1, 2], [0, 3]]
-    """
-
-    batch_type = "token"
-
-    def __init__(
-        self,
-        lengths: Sequence[int] | np.ndarray | torch.Tensor,
-        *,
-        max_tokens: int,
-        max_batch_size: int | None = None,
+        batch_size_sample_max: int | None = 200,
         sort_size: int | None = 1024,
         oversize: OversizePolicy = "single",
         **kwargs: Any,
     ) -> None:
         super().__init__(lengths, **kwargs)
-        self.max_tokens = _positive_int("max_tokens", max_tokens)
-        self.max_batch_size = None if max_batch_size is None else _positive_int("max_batch_size", max_batch_size)
-        self.sort_size = None if sort_size is None else _positive_int("sort_size", sort_size)
+        # Deliberately not `self.batch_size` (see BatchSamplerBase: accelerate would pad "short" batches).
+        self.budget = _positive_int("batch_size", batch_size)
+        self.batch_size_sample_max = (
+            None if batch_size_sample_max is None else _positive_int("batch_size_sample_max", batch_size_sample_max)
+        )
+        if sort_size is not None and (isinstance(sort_size, bool) or int(sort_size) != sort_size):
+            raise ValueError(f"sort_size must be an integer or None, got {sort_size!r}")
+        self.sort_size = None if sort_size is None else int(sort_size)
         if oversize not in ("single", "skip"):
             raise ValueError(f"oversize must be 'single' or 'skip', got {oversize!r}")
         self.oversize: OversizePolicy = oversize
-        too_long = np.flatnonzero(self.lengths > self.max_tokens)
+        too_long = np.flatnonzero(self.lengths > self.budget)
         if too_long.size:
             shown = too_long[:10].tolist()
             more = f" and {too_long.size - 10} more" if too_long.size > 10 else ""
@@ -412,9 +426,11 @@ class TokenBatchSampler(BatchSamplerBase):
             else:
                 action = "each get a batch of their own, over the budget"
             logger.warning(
-                "%d example(s) longer than max_tokens=%d %s: indices %s%s (longest %d)",
+                "%d example(s) longer than the padded budget batch_size=%d (batch_type %s: fbank frames + text "
+                "tokens per batch) %s: indices %s%s (longest %d)",
                 too_long.size,
-                self.max_tokens,
+                self.budget,
+                self.batch_type,
                 action,
                 shown,
                 more,
@@ -424,33 +440,74 @@ class TokenBatchSampler(BatchSamplerBase):
     def _config(self) -> dict[str, Any]:
         return {
             **super()._config(),
-            "max_tokens": self.max_tokens,
-            "max_batch_size": self.max_batch_size,
+            "batch_size": self.budget,
+            "batch_size_sample_max": self.batch_size_sample_max,
             "sort_size": self.sort_size,
             "oversize": self.oversize,
         }
 
+    def _buffer_size(self, size: int) -> int:
+        """Examples per sorted buffer (all of them when the whole epoch is one buffer or nothing is sorted)."""
+        if self.sort_size is None or self.sort_size <= 0:
+            return size
+        return self.sort_size * self.num_replicas
+
     def _arrange(self, order: np.ndarray) -> np.ndarray:
-        buffer_size = None if self.sort_size is None else self.sort_size * self.num_replicas
-        return sort_within_buffers(order, self.lengths, buffer_size, descending=True)
+        if self.sort_size is not None and self.sort_size <= 0:
+            return order
+        return sort_within_buffers(order, self.lengths, self._buffer_size(order.size))
 
     def _cut(self, order: np.ndarray) -> list[np.ndarray]:
         if order.size == 0:
             return []
-        budget_counts = self.max_tokens // np.maximum(self.lengths[order], 1)  # examples that fit, per start
-        if self.max_batch_size is not None:
-            np.minimum(budget_counts, self.max_batch_size, out=budget_counts)
-        np.maximum(budget_counts, 1, out=budget_counts)  # an oversize example still forms its own batch
-        buffer = order.size if self.sort_size is None else self.sort_size * self.num_replicas
-        counts = budget_counts.tolist()
-        bounds: list[int] = []
-        start = 0
-        for buffer_end in range(buffer, order.size + buffer, buffer):
-            buffer_end = min(buffer_end, order.size)
+        lengths = np.maximum(self.lengths[order], 1)
+        cap = self.batch_size_sample_max or order.size
+        buffer = self._buffer_size(order.size)
+        batches: list[np.ndarray] = []
+        for buffer_start in range(0, order.size, buffer):
+            buffer_end = min(buffer_start + buffer, order.size)
+            start = buffer_start
             while start < buffer_end:
-                start = min(start + counts[start], buffer_end)
-                bounds.append(start)
-        return np.split(order, bounds[:-1]) if bounds else []
+                # FunASR's greedy rule: add the next example while max(len) * count <= budget. The padded size
+                # of the first k+1 examples, cummax * (k+1), never decreases with k, so the batch is the prefix
+                # where it stays within the budget (at least one example: an oversize one goes alone).
+                window = min(buffer_end - start, cap, max(self.budget // int(lengths[start]), 1))
+                padded = np.maximum.accumulate(lengths[start : start + window]) * np.arange(1, window + 1)
+                count = max(int(np.searchsorted(padded, self.budget, side="right")), 1)
+                batches.append(order[start : start + count])
+                start += count
+        return batches
+
+
+class LengthBatchSampler(DynamicBatchSampler):
+    """``batch_type="length"``: FunASR's padded-budget batching (`DynamicBatchSampler`); the same algorithm as
+    ``"token"``, as in FunASR, where every batch type other than ``"example"`` is this one."""
+
+    batch_type = "length"
+
+
+class TokenBatchSampler(DynamicBatchSampler):
+    """``batch_type="token"``: FunASR's padded-budget batching (`DynamicBatchSampler`)."""
+
+    batch_type = "token"
+
+
+def split_largest(batches: list[np.ndarray], target: int) -> list[np.ndarray]:
+    """`batches` with their largest batches split in two (first half, second half, in place) until there are
+    `target` of them; ties go to the earlier batch. Halves of a batch keep its budget: each is at most as long
+    and no wider. Raises ValueError when the examples cannot form `target` batches."""
+    if target > sum(len(batch) for batch in batches):
+        raise ValueError(f"cannot form {target} batches from {sum(len(b) for b in batches)} examples")
+    # Each entry is (-size, position key, batch); a split batch's halves get keys (key, 0) and (key, 1), which
+    # sort right where the batch was.
+    heap = [(-len(batch), (position,), batch) for position, batch in enumerate(batches)]
+    heapq.heapify(heap)
+    for _ in range(target - len(batches)):
+        _, key, batch = heapq.heappop(heap)
+        half = len(batch) // 2
+        heapq.heappush(heap, (-half, (*key, 0), batch[:half]))
+        heapq.heappush(heap, (-(len(batch) - half), (*key, 1), batch[half:]))
+    return [batch for _, _, batch in sorted(heap, key=lambda entry: entry[1])]
 
 
 BATCH_SAMPLERS: dict[str, type[BatchSamplerBase]] = {
@@ -463,8 +520,7 @@ def build_batch_sampler(
     lengths: Sequence[int] | np.ndarray | torch.Tensor,
     *,
     batch_size: int | None = None,
-    max_tokens: int | None = None,
-    max_batch_size: int | None = None,
+    batch_size_sample_max: int | None = 200,
     sort_size: int | None = 1024,
     oversize: OversizePolicy = "single",
     shuffle: bool = True,
@@ -473,28 +529,23 @@ def build_batch_sampler(
     num_replicas: int | None = None,
     rank: int | None = None,
 ) -> BatchSamplerBase:
-    """Build the sampler for a FunASR-style ``batch_type`` from one flat set of options (e.g. a config).
-
-    ``"example"``/``"length"`` need ``batch_size``; ``"token"`` needs ``max_tokens`` (FunASR calls that budget
-    ``batch_size`` under ``batch_type: token``; here the two are kept apart) and takes ``max_batch_size`` and
-    ``oversize``. Options that do not apply to the chosen type are ignored.
-    """
+    """Build the sampler for a FunASR ``batch_type`` from one flat set of options, with FunASR's meaning of
+    ``batch_size``: examples per batch for ``"example"``, the padded budget (fbank frames + text tokens of the
+    longest example times the number of examples) for ``"length"`` / ``"token"``, which also take
+    ``batch_size_sample_max``, ``sort_size`` and ``oversize``. Options that do not apply are ignored."""
     if batch_type not in BATCH_SAMPLERS:
         raise ValueError(f"unknown batch_type {batch_type!r}; valid batch types: {sorted(BATCH_SAMPLERS)}")
-    common: dict[str, Any] = dict(shuffle=shuffle, seed=seed, drop_last=drop_last, num_replicas=num_replicas, rank=rank)
-    if batch_type == "token":
-        if max_tokens is None:
-            raise ValueError("batch_type='token' needs max_tokens (the padded-size budget per batch)")
-        return TokenBatchSampler(
-            lengths,
-            max_tokens=max_tokens,
-            max_batch_size=max_batch_size,
-            sort_size=sort_size,
-            oversize=oversize,
-            **common,
-        )
     if batch_size is None:
-        raise ValueError(f"batch_type={batch_type!r} needs batch_size (examples per batch)")
-    if batch_type == "length":
-        return LengthBatchSampler(lengths, batch_size=batch_size, sort_size=sort_size, **common)
-    return ExampleBatchSampler(lengths, batch_size=batch_size, **common)
+        what = "examples per batch" if batch_type == "example" else "the padded budget per batch"
+        raise ValueError(f"batch_type={batch_type!r} needs batch_size ({what})")
+    common: dict[str, Any] = dict(shuffle=shuffle, seed=seed, drop_last=drop_last, num_replicas=num_replicas, rank=rank)
+    if batch_type == "example":
+        return ExampleBatchSampler(lengths, batch_size=batch_size, **common)
+    return BATCH_SAMPLERS[batch_type](
+        lengths,
+        batch_size=batch_size,
+        batch_size_sample_max=batch_size_sample_max,
+        sort_size=sort_size,
+        oversize=oversize,
+        **common,
+    )

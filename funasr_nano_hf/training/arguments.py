@@ -27,7 +27,20 @@ from .secrets import redact
 class ModelArguments:
     """What to fine-tune: the model folder, the LLM's compute dtype, what is frozen, LoRA."""
 
-    model_dir: str = field(metadata={"help": "original FunASR folder (config.yaml + model.pt) or an HF folder"})
+    model_dir: str = field(
+        metadata={
+            "help": "original FunASR folder (config.yaml + model.pt), an HF folder, or a model id on the hub (--hub), "
+            "e.g. FunAudioLLM/Fun-ASR-Nano-2512, downloaded into the hub's cache"
+        }
+    )
+    hub: str = field(
+        default="hf",
+        metadata={
+            "help": "where a model id is downloaded from: hf (Hugging Face) | ms (ModelScope)",
+            "choices": ["hf", "ms"],
+        },
+    )
+    model_revision: str | None = field(default=None, metadata={"help": "branch, tag or commit of a hub model id"})
     llm_dtype: str = field(
         default="fp32",
         metadata={"help": "fp32 | bf16 | fp16: the dtype the LLM computes in (audio encoder and adaptor stay fp32)"},
@@ -59,9 +72,21 @@ class DataArguments:
     max_source_length: int = _data_config_field("max_source_length")
     max_target_length: int = _data_config_field("max_target_length")
     min_source_length: int = _data_config_field("min_source_length")
-    batch_type: str = field(default="example", metadata={"help": "example | length | token"})
-    batch_size: int = field(default=4, metadata={"help": "examples per batch (example/length)"})
-    max_tokens: int = field(default=6000, metadata={"help": "padded budget per batch (batch_type token)"})
+    max_token_length: int | None = _data_config_field("max_token_length")
+    batch_type: str = _data_config_field("batch_type")
+    batch_size: int = field(
+        default=4,
+        metadata={
+            "help": "batch_type example: examples per batch; length/token: padded budget per batch, "
+            "max(fbank frames + text tokens) x examples (FunASR's meaning)"
+        },
+    )
+    sort_size: int = field(
+        default=1024,
+        metadata={"help": "length/token: examples per rank in each buffer sorted by length (<= 0: no sorting)"},
+    )
+    batch_size_sample_max: int = field(default=200, metadata={"help": "length/token: most examples in one batch"})
+    max_tokens: int | None = field(default=None, metadata={"help": "removed: use --batch_size (see its help)"})
     num_workers: int = field(default=4)
     feature_num_proc: int = _data_config_field("num_proc")
     on_bad_data: str = _data_config_field("on_bad_data")
@@ -69,6 +94,13 @@ class DataArguments:
         default=False, metadata={"help": "compute the frozen encoder+adaptor once and store it with the dataset"}
     )
     max_eval_samples: int | None = field(default=None)
+
+    def __post_init__(self):
+        if self.max_tokens is not None:
+            raise ValueError(
+                f"--max_tokens {self.max_tokens}: removed. As in FunASR, --batch_size is the padded budget under "
+                f"--batch_type length/token: use --batch_type token --batch_size {self.max_tokens}"
+            )
 
 
 @dataclass

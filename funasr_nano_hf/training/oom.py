@@ -3,8 +3,8 @@
 `out_of_memory_guard` wraps the training step (forward + backward). ``torch.OutOfMemoryError`` (GPU),
 ``MemoryError`` and the CPU allocator's ``RuntimeError: DefaultCPUAllocator: can't allocate memory`` become
 `TrainingOutOfMemoryError`, chained to the original error, saying which batch did not fit (examples, audio
-frames, tokens, keys) and what to turn: ``--per_device_train_batch_size`` (batch types example/length) or
-``--max_tokens`` (batch type token), ``--max_source_length``/``--max_target_length``,
+frames, tokens, keys) and what to turn: ``--batch_size`` (examples per batch under batch type example, the
+padded budget under length/token), ``--max_source_length``/``--max_target_length``,
 ``--activation_checkpoint true`` (gradient checkpointing of the LLM), ``--llm_dtype bf16``.
 """
 
@@ -52,19 +52,17 @@ class BatchShape:
         )
 
 
-def out_of_memory_message(
-    step: int, shape: BatchShape, *, device: str, batch_type: str, batch_size: int, max_tokens: int | None
-) -> str:
+def out_of_memory_message(step: int, shape: BatchShape, *, device: str, batch_type: str, batch_size: int) -> str:
     """What `TrainingOutOfMemoryError` says: the step, the batch that did not fit, the options that make it
     fit (the ones for this `batch_type` first)."""
     keys = list(shape.keys[:8]) + (["..."] if len(shape.keys) > 8 else [])
-    if batch_type == "token":
-        smaller = f"lower --max_tokens (now {max_tokens}: padded frames + tokens per batch)"
-    else:
+    if batch_type == "example":
         smaller = (
-            f"lower --per_device_train_batch_size (now {batch_size}), or use --batch_type token with a "
-            "--max_tokens budget so long utterances get smaller batches"
+            f"lower --batch_size (now {batch_size} examples), or use --batch_type token, where --batch_size is a "
+            "padded budget of fbank frames + text tokens, so long utterances get smaller batches"
         )
+    else:
+        smaller = f"lower --batch_size (now {batch_size}: the padded budget of fbank frames + text tokens per batch)"
     return (
         f"out of memory ({device}) in training step {step} on a batch of {shape.examples} examples padded to "
         f"{shape.audio_frames} audio frames and {shape.tokens} tokens (examples {keys}). This batch does not "

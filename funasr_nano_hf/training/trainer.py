@@ -23,6 +23,7 @@ versions they were checked against (tests/training/test_trainer_internals.py gua
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -36,6 +37,7 @@ from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
+from ..data.featurize import source_lengths
 from ..data.samplers import build_batch_sampler
 from ..evaluation import NORMALIZER_NAME, compute_cer
 from ..inference.transcribe import transcribe_featurized
@@ -190,9 +192,11 @@ class FunAsrNanoTrainer(Trainer):
     * `processor` -- the `FunAsrNanoHfProcessor` (tokenizer + feature extractor); required: it pads the
       prompts for CER decoding and turns generated ids into text.
     * `batch_type` -- FunASR's batch type for training (``"example"``, ``"length"`` or ``"token"``;
-      `data.samplers.build_batch_sampler`); ``per_device_train_batch_size`` is the batch size for the first
-      two.
-    * `max_tokens` -- the budget of padded audio frames + tokens per batch for ``batch_type="token"``.
+      `data.samplers.build_batch_sampler`). ``per_device_train_batch_size`` is FunASR's ``batch_size``: examples
+      per batch for ``"example"``, the padded budget (fbank frames + text tokens of the longest example times
+      the number of examples) for ``"length"``/``"token"``, whose batches are re-formed every epoch.
+    * `sort_size`, `batch_size_sample_max` -- for ``"length"``/``"token"``: examples per rank in each buffer
+      sorted by length (``<= 0``: no sorting), and the most examples in one batch (FunASR's ``dataset_conf``).
     * `eval_max_new_tokens` -- the cap on generated tokens per clip in CER decoding; None scales it with the
       batch's longest clip (`inference.default_max_new_tokens`).
     * `card_info` -- a `model_card.CardInfo`: the model card `push_to_hub` uploads is rendered from it (base
@@ -207,7 +211,8 @@ class FunAsrNanoTrainer(Trainer):
         *args: Any,
         processor: Any = None,
         batch_type: str = "example",
-        max_tokens: int | None = None,
+        sort_size: int = 1024,
+        batch_size_sample_max: int | None = 200,
         eval_max_new_tokens: int | None = None,
         card_info: Any = None,
         on_nonfinite: str = "stop",
@@ -218,7 +223,8 @@ class FunAsrNanoTrainer(Trainer):
             raise ValueError("FunAsrNanoTrainer needs the processor (tokenizer + feature extractor)")
         self.processor = processor
         self.batch_type = batch_type
-        self.max_tokens = max_tokens
+        self.sort_size = sort_size
+        self.batch_size_sample_max = batch_size_sample_max
         self.eval_max_new_tokens = eval_max_new_tokens
         self._batch_sampler = None
         self.card_info = card_info
@@ -396,7 +402,6 @@ class FunAsrNanoTrainer(Trainer):
                 device=str(self.args.device),
                 batch_type=self.batch_type,
                 batch_size=self.args.per_device_train_batch_size,
-                max_tokens=self.max_tokens,
             ):
                 loss = super().training_step(model, inputs, num_items_in_batch)
         except SkipBatch as skipped:
@@ -434,21 +439,23 @@ class FunAsrNanoTrainer(Trainer):
     # -- training data: FunASR's batch types ---------------------------------------------------------
     def get_train_dataloader(self) -> DataLoader:
         """Batches from FunASR's batch sampler of `batch_type` (sharded by rank, ordered by seed and epoch),
-        each carrying its examples' keys."""
+        each carrying its examples' keys. For ``"length"``/``"token"`` the batches are re-formed every epoch
+        and their number, which then varies a little, is fixed over the run (`_fix_epoch_length`)."""
         dataset = self.train_dataset
-        lengths = [int(f) + int(t) for f, t in zip(dataset["num_frames"], dataset["num_tokens"])]
         args = self.args
         sampler = build_batch_sampler(
             self.batch_type,
-            lengths,
+            source_lengths(dataset),
             batch_size=args.per_device_train_batch_size,
-            max_tokens=self.max_tokens,
-            sort_size=None,
+            batch_size_sample_max=self.batch_size_sample_max,
+            sort_size=self.sort_size,
             seed=args.data_seed if args.data_seed is not None else args.seed,
             drop_last=args.dataloader_drop_last,
             num_replicas=args.world_size,
             rank=args.process_index,
         )
+        if self.batch_type != "example":
+            self._fix_epoch_length(sampler)
         loader = DataLoader(
             dataset,
             batch_sampler=sampler,
@@ -461,6 +468,30 @@ class FunAsrNanoTrainer(Trainer):
         _undo_accelerate_sharding(loader, sampler)
         self._batch_sampler = sampler
         return loader
+
+    def _fix_epoch_length(self, sampler: Any) -> None:
+        """The Trainer reads ``len(dataloader)`` once and runs that many batches in every epoch (its epochs,
+        ``max_steps``, schedules and resume arithmetic come from it), while buffered length batching forms a
+        slightly different number of batches each epoch. Fix it to the largest count over the epochs this run
+        can reach (`BatchSamplerBase.fix_num_batches`): no batch is cut off and no epoch runs short."""
+        args = self.args
+        first = len(sampler)
+        if first == 0:
+            return
+        if args.max_steps > 0:  # the epochs max_steps needs at epoch 0's count; more batches need fewer epochs
+            updates_per_epoch = -(-first // args.gradient_accumulation_steps)
+            epochs = -(-args.max_steps // updates_per_epoch)
+        else:
+            epochs = max(math.ceil(args.num_train_epochs), 1)
+        fixed = sampler.fix_num_batches(epochs)
+        logger.info(
+            "batch_type %s: %d batches per epoch on this process over %d epochs (epoch 0 forms %d; an epoch that "
+            "forms fewer splits its largest batches)",
+            self.batch_type,
+            fixed,
+            epochs,
+            first,
+        )
 
     def create_model_card(self, model_name: str | None = None, **kwargs) -> None:
         """The card `push_to_hub` uploads: base model, data, CER with its normaliser, training options."""

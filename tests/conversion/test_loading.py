@@ -1,7 +1,9 @@
-"""load_pretrained on both layouts; convert CLI; Auto classes; clear errors for bad folders/files."""
+"""load_pretrained on both layouts; hub model ids from huggingface_hub's cache (offline); convert CLI; Auto classes;
+clear errors for bad folders/files and failed downloads."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -12,11 +14,13 @@ import pytest
 import soundfile as sf
 import torch
 import yaml
+from helpers import finetune_cmd, run, tts_subset
 
 import funasr_nano_hf
 from funasr_nano_hf import CheckpointError, load_pretrained
 from funasr_nano_hf.cli.main import main as cli_main
 from funasr_nano_hf.conversion import detect_layout
+from funasr_nano_hf.conversion.loading import resolve_model_dir
 from funasr_nano_hf.inference import generate_ids
 
 
@@ -179,3 +183,134 @@ def test_lm_head_value_wins_when_it_differs(tiny_original_dir, tmp_path, caplog)
     assert torch.equal(model.lm_head.weight, state["llm.lm_head.weight"].float())
     assert model.lm_head.weight.data_ptr() == model.model.language_model.embed_tokens.weight.data_ptr()
     assert "differs from the embeddings" in caplog.text
+
+
+# ---- hub model ids: huggingface_hub's cache, offline -------------------------------------------------------
+
+ORIGINAL_ID = "FunAudioLLM/Fun-ASR-Nano-2512"
+CONVERTED_ID = "funasr-nano-hf-test/Fun-ASR-Nano-2512-hf"
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def cache_snapshot(cache: Path, repo_id: str, folder: Path, commit: str = COMMIT, ref: str = "main") -> Path:
+    """`folder` stored as huggingface_hub stores a downloaded model: ``models--Org--Name/`` (its
+    `repo_folder_name`) with the files as content-named ``blobs/``, ``snapshots/<commit>/`` of relative
+    symlinks to them, and ``refs/<ref>`` holding the commit (no newline, as huggingface_hub writes it)."""
+    from huggingface_hub.file_download import repo_folder_name
+
+    storage = cache / repo_folder_name(repo_id=repo_id, repo_type="model")
+    snapshot = storage / "snapshots" / commit
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        data = file.read_bytes()
+        blob = storage / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = snapshot / file.relative_to(folder)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    (storage / "refs").mkdir(parents=True, exist_ok=True)
+    (storage / "refs" / ref).write_text(commit)
+    return snapshot
+
+
+@pytest.fixture(scope="module")
+def hub_cache(tiny_original_dir, converted_dir, tmp_path_factory) -> Path:
+    """A Hugging Face cache holding the tiny model under FunASR's id (original layout) and a converted id."""
+    from huggingface_hub import scan_cache_dir
+
+    cache = tmp_path_factory.mktemp("hf_cache")
+    cache_snapshot(cache, ORIGINAL_ID, tiny_original_dir)
+    cache_snapshot(cache, CONVERTED_ID, converted_dir)
+    # huggingface_hub's own cache scanner reads it as two cached model repositories with a main ref
+    scanned = {repo.repo_id: repo for repo in scan_cache_dir(cache).repos}
+    assert set(scanned) == {ORIGINAL_ID, CONVERTED_ID}
+    assert all({ref for rev in repo.revisions for ref in rev.refs} == {"main"} for repo in scanned.values())
+    return cache
+
+
+def test_hub_ids_load_from_the_cache_offline(hub_cache, tiny_model, tmp_path):
+    """In a fresh process with HF_HUB_CACHE set and HF_HUB_OFFLINE=1: both layouts load by id, bit-identical to
+    the local folder; a missing id fails naming what to download where."""
+    code = f"""
+import torch
+from funasr_nano_hf import CheckpointError, load_pretrained
+from funasr_nano_hf.conversion.loading import resolve_model_dir
+for name, repo in (("original", {ORIGINAL_ID!r}), ("converted", {CONVERTED_ID!r})):
+    model, processor = load_pretrained(repo)
+    torch.save(model.state_dict(), {str(tmp_path)!r} + f"/{{name}}.pt")
+    print(name, resolve_model_dir(repo))
+print("by commit", resolve_model_dir({ORIGINAL_ID!r}, revision={COMMIT!r}))
+try:
+    load_pretrained("FunAudioLLM/No-Such-Model")
+except CheckpointError as err:
+    print("ERROR", err)
+"""
+    env = {**os.environ, "HF_HUB_CACHE": str(hub_cache), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    expected = tiny_model[0].state_dict()
+    for name in ("original", "converted"):
+        state = torch.load(tmp_path / f"{name}.pt", weights_only=True)
+        assert set(state) == set(expected)
+        for key, value in expected.items():
+            assert torch.equal(state[key], value), (name, key)
+    snapshot = f"{hub_cache}/models--FunAudioLLM--Fun-ASR-Nano-2512/snapshots/{COMMIT}"
+    assert f"original {snapshot}" in result.stdout and f"by commit {snapshot}" in result.stdout
+    error = result.stdout.split("ERROR ", 1)[1]
+    for part in (
+        "FunAudioLLM/No-Such-Model: no such local folder, not in the Hugging Face cache",
+        str(hub_cache),
+        "HF_HUB_OFFLINE=1 forbids downloading it",
+        "`hf download FunAudioLLM/No-Such-Model`",
+        "models--FunAudioLLM--No-Such-Model",
+        "--local-dir DIR",
+    ):
+        assert part in error, error
+
+
+def test_unknown_revision_offline_names_it(hub_cache):
+    with pytest.raises(CheckpointError, match=r"not in the Hugging Face cache .* at revision v9"):
+        resolve_model_dir(ORIGINAL_ID, revision="v9", cache_dir=hub_cache)
+
+
+def test_paths_that_are_neither_folders_nor_ids(tmp_path, tiny_original_dir):
+    assert resolve_model_dir(tiny_original_dir) == tiny_original_dir
+    with pytest.raises(
+        CheckpointError, match=r"no such folder \(expected a FunASR model folder, an HF folder, or a hub"
+    ):
+        resolve_model_dir(tmp_path / "missing" / "model")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(CheckpointError, match="file: not a directory"):
+        load_pretrained(tmp_path / "file")
+    with pytest.raises(CheckpointError, match=r"hub 'github': not a known hub; use one of \['hf', 'ms'\]"):
+        resolve_model_dir(ORIGINAL_ID, hub="github")
+
+
+def test_modelscope_without_its_package_says_so(monkeypatch):
+    """hub='ms' needs the optional modelscope package (what FunASR downloads with); without it, a clear error."""
+    for name in ["modelscope", *(m for m in sys.modules if m.startswith("modelscope."))]:
+        monkeypatch.setitem(sys.modules, name, None)  # None in sys.modules: import raises ImportError
+    with pytest.raises(CheckpointError, match=r"modelscope package, which is not installed \(pip install modelscope"):
+        resolve_model_dir(ORIGINAL_ID, hub="ms")
+
+
+@pytest.mark.slow
+def test_finetune_model_dir_takes_a_hub_id(hub_cache, shared_dir, tmp_path):
+    data = tts_subset(shared_dir, tmp_path / "data", train=8)
+    out = tmp_path / "out"
+    cmd = finetune_cmd(
+        ORIGINAL_ID,
+        data,
+        out,
+        "--max_steps",
+        "1",
+        "--use_cpu",
+        "true",
+        "--num_workers",
+        "0",
+        "--early_stopping_patience",
+        "0",
+    )
+    run(cmd, env={"HF_HUB_CACHE": str(hub_cache), "HF_HUB_OFFLINE": "1"})
+    assert (out / "final" / "adapter_model.safetensors").is_file()
+    assert yaml.safe_load((out / "config.yaml").read_text())["model"]["model_dir"] == ORIGINAL_ID

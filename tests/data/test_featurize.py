@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from funasr_nano_hf.data.featurize import DataConfig, build_dataset
+from funasr_nano_hf.data.featurize import DataConfig, build_dataset, source_lengths, text_length
 from funasr_nano_hf.errors import DataError
 
 
@@ -66,14 +66,102 @@ def test_length_filters_are_counted_by_reason(tiny_model, small_set, tmp_path):
         [str(small_set / "set.jsonl")], processor, DataConfig(cache_dir=str(tmp_path / "b"), max_source_length=limit)
     )
     too_long = sum(n > limit for n in frames["num_frames"])
-    assert report.dropped[f"audio longer than max_source_length={limit} frames"] == too_long > 0
+    assert report.dropped[f"audio longer than max_source_length={limit} fbank frames (10 ms)"] == too_long > 0
     assert len(dataset) == 6 - too_long
     _, report = build_dataset(
         [str(small_set / "set.jsonl")], processor, DataConfig(cache_dir=str(tmp_path / "d"), max_target_length=2)
     )
-    assert report.dropped["transcript longer than max_target_length=2 tokens"] == 6
+    assert report.dropped["transcript longer than max_target_length=2 text tokens"] == 6
     assert report.usable == 0
-    assert "dropped (transcript longer than max_target_length=2 tokens): 6" in report.format()
+    assert "dropped (transcript longer than max_target_length=2 text tokens): 6" in report.format()
+
+
+def test_lengths_are_funasrs_speech_and_text_length(tiny_model, small_set, tmp_path):
+    """`max_source_length` / `max_target_length` compare what FunASR's index compares: the `speech_length` and
+    `text_length` its scp2jsonl writes (kaldi fbank frames of the audio; Qwen3 tokens of the transcript, without
+    `<|im_end|>`), so a limit equal to an example's length keeps it."""
+    _, processor = tiny_model
+    config = DataConfig(cache_dir=str(tmp_path / "a"))
+    dataset, _ = build_dataset([str(small_set / "set.jsonl")], processor, config)
+    for row in dataset:
+        info = sf.info(row["audio"])
+        assert row["num_frames"] == int((info.frames / info.samplerate * 1000 - 25) // 10 + 1)  # scp2jsonl's formula
+        assert text_length(row["num_tokens"]) == len(processor.tokenizer.tokenize(row["text"]))
+    texts = sorted(text_length(n) for n in dataset["num_tokens"])
+    limit = texts[2]
+    kept, report = build_dataset(
+        [str(small_set / "set.jsonl")], processor, DataConfig(cache_dir=str(tmp_path / "b"), max_target_length=limit)
+    )
+    assert len(kept) == sum(t <= limit for t in texts) and min(text_length(n) for n in kept["num_tokens"]) <= limit
+    assert report.dropped[f"transcript longer than max_target_length={limit} text tokens"] == sum(
+        t > limit for t in texts
+    )
+
+
+def test_max_token_length_counts_every_llm_token(tiny_model, small_set, tmp_path):
+    """FunASR's `max_token_length` on the dataset: len(input_ids), prompt + audio placeholders + transcript."""
+    _, processor = tiny_model
+    dataset, report = build_dataset(
+        [str(small_set / "set.jsonl")], processor, DataConfig(cache_dir=str(tmp_path / "a"))
+    )
+    assert report.usable == 6  # unset: FunASR's 1500, far above these clips
+    totals = sorted(len(ids) for ids in dataset["input_ids"])
+    limit = totals[3]
+    kept, report = build_dataset(
+        [str(small_set / "set.jsonl")], processor, DataConfig(cache_dir=str(tmp_path / "b"), max_token_length=limit)
+    )
+    reason = f"example longer than max_token_length={limit} LLM tokens (prompt + audio placeholders + transcript)"
+    assert report.dropped[reason] == sum(t > limit for t in totals) > 0
+    # Set, the same key also bounds fbank frames + text tokens in FunASR's batch samplers (example too): the
+    # rest of these clips (a few hundred frames each) go for that reason.
+    sampler_reason = (
+        f"fbank frames + text tokens over max_token_length={limit}, which FunASR's example batch sampler skips"
+    )
+    assert report.dropped[sampler_reason] == sum(t <= limit for t in totals) and len(kept) == 0
+
+
+@pytest.fixture()
+def long_clip(small_set) -> Path:
+    """One clip of ~25 s: over FunASR's 2048 fbank frames + text tokens of its length/token sampler."""
+    row = json.loads((small_set / "set.jsonl").read_text(encoding="utf-8").splitlines()[0])
+    audio, rate = sf.read(str(small_set / row["wav"]), dtype="float32")
+    sf.write(str(small_set / "wav" / "long.wav"), np.tile(audio, int(25 * rate / len(audio)) + 1), rate)
+    (small_set / "long.jsonl").write_text(
+        json.dumps({"key": "long", "wav": "wav/long.wav", "txt": row["txt"]}, ensure_ascii=False) + "\n"
+    )
+    return small_set / "long.jsonl"
+
+
+def test_length_and_token_batching_skip_what_funasrs_sampler_skips(tiny_model, long_clip, tmp_path):
+    """FunASR's length/token samplers skip `source_len` (fbank frames + text tokens) over `max_token_length`,
+    2048 when unset; its example sampler only when it is set. Counted, not silent."""
+    _, processor = tiny_model
+
+    def build(name: str, **options):
+        config = DataConfig(cache_dir=str(tmp_path / name), max_source_length=10_000, **options)
+        return build_dataset([str(long_clip)], processor, config)
+
+    dataset, report = build("example", batch_type="example")
+    assert len(dataset) == 1 and source_lengths(dataset)[0] > 2048
+    for batch_type in ("length", "token"):
+        dataset, report = build(batch_type, batch_type=batch_type)
+        reason = (
+            "fbank frames + text tokens over max_token_length=2048 (FunASR's default for its length/token "
+            f"sampler), which FunASR's {batch_type} batch sampler skips"
+        )
+        assert len(dataset) == 0 and report.dropped == {reason: 1}
+    dataset, report = build("set", batch_type="example", max_token_length=1000)
+    assert len(dataset) == 0
+    assert report.dropped == {
+        "fbank frames + text tokens over max_token_length=1000, which FunASR's example batch sampler skips": 1
+    }
+
+
+def test_bad_options_are_refused():
+    with pytest.raises(ValueError, match="batch_type must be one of"):
+        DataConfig(batch_type="frames")
+    with pytest.raises(ValueError, match="max_token_length must be a non-negative integer"):
+        DataConfig(max_token_length=-1)
 
 
 def test_unreadable_audio_stops_or_is_skipped_with_a_count(tiny_model, small_set, tmp_path):

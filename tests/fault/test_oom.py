@@ -47,9 +47,8 @@ def test_oversized_batch_gives_a_clear_error(tiny_original_dir, long_data, tmp_p
         "to 1000 audio frames and "
     ) in output, output[-4000:]
     for knob in (
-        "--per_device_train_batch_size (now 8)",
+        "--batch_size (now 8 examples)",
         "--batch_type token",
-        "--max_tokens",
         "--max_source_length",
         "--activation_checkpoint true",
         "'long_0'",
