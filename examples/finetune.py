@@ -50,10 +50,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     except OptionError as err:
         raise SystemExit(f"finetune.py: error: {err}") from None
 
-    # 2. Logging and seed; the output dir with the resolved options
+    # 2. Logging and seed; the checkpoint to resume from (checked before any work); the output dir with the
+    #    resolved options
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     set_seed(training_args.seed)
     out = Path(training_args.output_dir)
+    resume = _resume_point(finetune_args, training_args, out)
     out.mkdir(parents=True, exist_ok=True)
     if training_args.process_index == 0:
         save_resolved_config(out / "config.yaml", model_args, data_args, finetune_args, training_args)
@@ -92,13 +94,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         batch_type=data_args.batch_type,
         max_tokens=data_args.max_tokens,
         eval_max_new_tokens=finetune_args.eval_max_new_tokens,
-        callbacks=_callbacks(finetune_args, out, validating=valid_set is not None),
+        callbacks=_callbacks(finetune_args, training_args, out, validating=valid_set is not None),
         card_info=CardInfo.from_args(model_args, data_args, training_args, train_set, valid_set),
         on_nonfinite=finetune_args.on_nonfinite,
     )
 
     # 7. Train
-    result = trainer.train(resume_from_checkpoint=_resume_point(finetune_args, training_args, out))
+    result = trainer.train(resume_from_checkpoint=resume)
 
     # 8. Save, evaluate, push
     _save_final(trainer, processor, model_args, out)
@@ -111,8 +113,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     return metrics
 
 
-def _callbacks(finetune_args: FinetuneArguments, out: Path, validating: bool) -> list[TrainerCallback]:
-    """train.log and curves always; with validation data, FunASR's n-best checkpoints (by CER) and early stopping."""
+def _callbacks(
+    finetune_args: FinetuneArguments, training_args: TrainingArguments, out: Path, validating: bool
+) -> list[TrainerCallback]:
+    """train.log and curves always; with validation data, FunASR's n-best checkpoints (ranked as the best model:
+    --metric_for_best_model / --greater_is_better, default CER, lower is better) and early stopping."""
     from funasr_nano_hf.training.callbacks import CurvePlotCallback, FileLoggerCallback, NBestCheckpointCallback
 
     callbacks = [FileLoggerCallback(os.path.join(out, "train.log")), CurvePlotCallback()]
@@ -122,8 +127,8 @@ def _callbacks(finetune_args: FinetuneArguments, out: Path, validating: bool) ->
         NBestCheckpointCallback(
             keep_nbest_models=finetune_args.keep_nbest_models,
             avg_nbest_model=finetune_args.avg_nbest_model,
-            metric="eval_cer",
-            greater_is_better=False,
+            metric=training_args.metric_for_best_model,
+            greater_is_better=training_args.greater_is_better,
         )
     )
     if finetune_args.early_stopping_patience > 0:

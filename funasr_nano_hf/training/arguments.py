@@ -307,7 +307,9 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     values = translated.values
     if translated.model_keys:
         sections = sorted({key.split(".", 1)[0] for key in translated.model_keys})
-        logger.info("%s: the model description (%s) is read from --model_dir, not from here", where, ", ".join(sections))
+        logger.info(
+            "%s: the model description (%s) is read from --model_dir, not from here", where, ", ".join(sections)
+        )
     if translated.model_class and "model_dir" not in values and (Path(path).parent / "model.pt").is_file():
         values["model_dir"] = str(Path(path).parent)
     for name in [n for n, v in values.items() if is_secret_name(n) and v == REDACTED]:
@@ -327,6 +329,8 @@ def read_command_line(argv: list[str]) -> tuple[str | None, dict[str, Any]]:
     while index < len(argv):
         token = argv[index]
         name = token[2:].split("=", 1)[0] if token.startswith("--") else ""
+        if re.match(r"[A-Za-z_]\w*\.[\w.]+=", token):  # hydra's plain `section.key=value`
+            raise OptionError(f"command line: {token!r}: write FunASR overrides as ++{token}")
         if token.startswith("+") and not token.startswith("+-"):
             match = re.fullmatch(r"\+\+?([A-Za-z_][\w.]*)=(.*)", token, re.DOTALL)
             if match is None:
@@ -410,6 +414,7 @@ def parse_args(
     file_values = read_config_file(config_path) if config_path else {}
     given, explicit = resolve_options(file_values, cli_values)
     validating = bool(given.get("valid_data"))
+    check_validation_options(given, validating)
     own_defaults = run_defaults()
     if not validating:
         own_defaults["eval_strategy"] = "no"
@@ -428,7 +433,7 @@ def parse_args(
         built.append(cls(**kwargs))
     model_args, data_args, finetune_args, training_args = built
     finetune_args.config = config_path
-    check_unsupported_training_values(training_args, validating, explicit)
+    check_unsupported_training_values(training_args)
     finalize_training_args(training_args, validating, explicit)
     return model_args, data_args, finetune_args, training_args
 
@@ -439,16 +444,27 @@ def _required(f: Any) -> bool:
     return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
 
 
-def check_unsupported_training_values(
-    training_args: TrainingArguments, validating: bool, explicit: Collection[str] = ()
-) -> None:
+def check_validation_options(given: dict[str, Any], validating: bool) -> None:
+    """Evaluation asked for without validation data: an error, not a run that silently never evaluates."""
+    if validating:
+        return
+    if given.get("load_best_model_at_end"):
+        raise OptionError("--load_best_model_at_end true needs validation data: give --valid_data")
+    strategy = given.get("eval_strategy")
+    if strategy is not None and str(getattr(strategy, "value", strategy)) != "no":
+        raise OptionError(
+            f"--eval_strategy {getattr(strategy, 'value', strategy)} needs validation data: give --valid_data"
+        )
+    if given.get("do_eval"):
+        raise OptionError("--do_eval true needs validation data: give --valid_data")
+
+
+def check_unsupported_training_values(training_args: TrainingArguments) -> None:
     """TrainingArguments values this script cannot honour: an error with the reason, never ignored."""
     for name, (fine, reason) in UNSUPPORTED_TRAINING_VALUES.items():
         value = getattr(training_args, name)
         if value not in fine:
             raise OptionError(f"--{name} {value!r} is not supported: {reason}")
-    if "do_eval" in explicit and training_args.do_eval and not validating:
-        raise OptionError("--do_eval true needs validation data: give --valid_data")
 
 
 def finalize_training_args(
@@ -480,24 +496,15 @@ def apply_evaluation_defaults(
 ) -> None:
     """With validation data: keep the best checkpoint by CER (lower is better), as FunASR's n-best does, unless
     `--load_best_model_at_end` / `--metric_for_best_model` / `--greater_is_better` were given (`explicit`).
-    Without: no evaluation at all (asking for it is an error)."""
+    Without: no evaluation at all (asking for it is an error: `check_validation_options`)."""
     if validating:
         if "load_best_model_at_end" not in explicit:
             training_args.load_best_model_at_end = True
         if "metric_for_best_model" not in explicit or not training_args.metric_for_best_model:
-            training_args.metric_for_best_model = training_args.metric_for_best_model or "eval_cer"
+            training_args.metric_for_best_model = "eval_cer"  # (transformers' own default is "loss")
         if "greater_is_better" not in explicit or training_args.greater_is_better is None:
             training_args.greater_is_better = not training_args.metric_for_best_model.endswith(("cer", "loss"))
         return
-    if training_args.load_best_model_at_end and "load_best_model_at_end" in explicit:
-        raise OptionError("--load_best_model_at_end true needs validation data: give --valid_data")
-    if (
-        "eval_strategy" in explicit
-        and str(getattr(training_args.eval_strategy, "value", training_args.eval_strategy)) != "no"
-    ):
-        raise OptionError(
-            f"--eval_strategy {training_args.eval_strategy.value} needs validation data: give --valid_data"
-        )
     training_args.eval_strategy = "no"
     training_args.do_eval = False
     training_args.load_best_model_at_end = False

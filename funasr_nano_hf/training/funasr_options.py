@@ -29,9 +29,9 @@ from typing import Any
 FUNASR_MODEL_CLASS = "FunASRNano"
 # FunASR's `scheduler` names -> `--lr_scheduler_type`. FunASR's warmuplr (lr * min(n/w, sqrt(w/n)) at update n) is
 # transformers' inverse_sqrt with its timescale = warmup_steps (same curve, transformers counts updates from 0).
-SCHEDULER_NAMES = {"warmuplr": "inverse_sqrt"}
-# FunASR's `optim` names -> `--optim` (torch.optim.AdamW / SGD; FunASR's plain Adam has no transformers name).
-OPTIMIZER_NAMES = {"adamw": "adamw_torch", "sgd": "sgd"}
+SCHEDULER_NAMES: dict[str, str | None] = {"warmuplr": "inverse_sqrt"}
+# FunASR's `optim` names -> `--optim` (torch.optim.AdamW / SGD); None: no transformers equivalent.
+OPTIMIZER_NAMES: dict[str, str | None] = {"adamw": "adamw_torch", "sgd": "sgd", "adam": None}
 ANY = object()  # `Refused.accepted`: every value is a no-op (FunASR reads the key but it changes nothing here)
 
 
@@ -84,16 +84,15 @@ def _betas(value: Any) -> dict[str, Any]:
     return {"adam_beta1": float(value[0]), "adam_beta2": float(value[1])}
 
 
-def _named(table: dict[str, str], option: str, key: str) -> Callable[[Any], dict[str, Any]]:
+def _named(table: dict[str, str | None], option: str, key: str) -> Callable[[Any], dict[str, Any]]:
     """FunASR's name -> ours; where the key is also our option (`optim`), our own names pass through."""
 
     def convert(value: Any) -> dict[str, Any]:
         if value not in table and key == option:
             return {option: value}
-        if value not in table:
-            raise OptionError(
-                f"{key}: {value!r} is not supported; supported: {sorted(table)} (or set --{option} directly)"
-            )
+        if table.get(value) is None:
+            supported = sorted(name for name, ours in table.items() if ours)
+            raise OptionError(f"{key}: {value!r} is not supported; supported: {supported} (or set --{option} directly)")
         return {option: table[value]}
 
     return convert
