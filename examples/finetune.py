@@ -22,7 +22,7 @@ import os
 import sys
 from pathlib import Path
 
-from transformers import EarlyStoppingCallback, TrainerCallback, TrainingArguments, set_seed
+from transformers import EarlyStoppingCallback, TrainerCallback, set_seed
 
 from funasr_nano_hf import load_pretrained
 from funasr_nano_hf.data.collator import FunAsrNanoCollator
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     set_seed(training_args.seed)
     out = Path(training_args.output_dir)
-    resume = _resume_point(finetune_args, training_args, out)
+    resume = _resume_point(finetune_args, out, training_args.resume_from_checkpoint)
     out.mkdir(parents=True, exist_ok=True)
     if training_args.process_index == 0:
         save_resolved_config(out / "config.yaml", model_args, data_args, finetune_args, training_args)
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         batch_type=data_args.batch_type,
         max_tokens=data_args.max_tokens,
         eval_max_new_tokens=finetune_args.eval_max_new_tokens,
-        callbacks=_callbacks(finetune_args, training_args, out, validating=valid_set is not None),
+        callbacks=_callbacks(finetune_args, out, validating=valid_set is not None),
         card_info=CardInfo.from_args(model_args, data_args, training_args, train_set, valid_set),
         on_nonfinite=finetune_args.on_nonfinite,
     )
@@ -113,11 +113,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     return metrics
 
 
-def _callbacks(
-    finetune_args: FinetuneArguments, training_args: TrainingArguments, out: Path, validating: bool
-) -> list[TrainerCallback]:
-    """train.log and curves always; with validation data, FunASR's n-best checkpoints (ranked as the best model:
-    --metric_for_best_model / --greater_is_better, default CER, lower is better) and early stopping."""
+def _callbacks(finetune_args: FinetuneArguments, out: Path, validating: bool) -> list[TrainerCallback]:
+    """train.log and curves always; with validation data, FunASR's n-best checkpoints (by CER) and early stopping."""
     from funasr_nano_hf.training.callbacks import CurvePlotCallback, FileLoggerCallback, NBestCheckpointCallback
 
     callbacks = [FileLoggerCallback(os.path.join(out, "train.log")), CurvePlotCallback()]
@@ -127,8 +124,8 @@ def _callbacks(
         NBestCheckpointCallback(
             keep_nbest_models=finetune_args.keep_nbest_models,
             avg_nbest_model=finetune_args.avg_nbest_model,
-            metric=training_args.metric_for_best_model,
-            greater_is_better=training_args.greater_is_better,
+            metric="eval_cer",
+            greater_is_better=False,
         )
     )
     if finetune_args.early_stopping_patience > 0:
@@ -136,12 +133,11 @@ def _callbacks(
     return callbacks
 
 
-def _resume_point(finetune_args: FinetuneArguments, training_args: TrainingArguments, out: Path) -> str | None:
+def _resume_point(finetune_args: FinetuneArguments, out: Path, explicit: str | None = None) -> str | None:
     """`--resume_from_checkpoint PATH` (transformers' name): that checkpoint, which must be complete. `--resume`
     (FunASR's train_conf.resume): the newest COMPLETE checkpoint in the output dir (torn ones are logged and
     skipped); none: a fresh start; only torn ones: stop rather than train from scratch over them. The Trainer
     vets the files of either before loading them."""
-    explicit = training_args.resume_from_checkpoint
     if explicit:
         if not Path(explicit).is_dir():
             raise SystemExit(f"--resume_from_checkpoint {explicit}: no such checkpoint folder")

@@ -19,10 +19,12 @@ from funasr_nano_hf.cli.main import main as cli_main
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", required=True, help="manifest to convert")
     parser.add_argument("--output", required=True, help="source-target JSONL to write")
-    parser.add_argument("--no-calculate-lengths", dest="calculate_lengths", action="store_false")
+    parser.add_argument(
+        "--no-calculate-lengths", dest="calculate_lengths", action="store_false", help="leave source_len/target_len out"
+    )
     args = parser.parse_args(argv)
     forwarded = ["convert-data", "--input", args.input, "--output", args.output, "--to", "source-target"]
     forwarded += ["--lengths", "chars"] if args.calculate_lengths else ["--no-calculate-lengths"]

@@ -26,26 +26,28 @@ DEFAULT_VALID = "data/valid.jsonl"
 logger = logging.getLogger("train")
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        epilog="Other options: python examples/finetune.py --help",
+        description=__doc__, formatter_class=_HelpFormatter, epilog="Other options: python examples/finetune.py --help"
     )
     parser.add_argument("--model_dir", default="models/Fun-ASR-Nano-2512", help="the model folder")
     parser.add_argument("--train_data", default="data/train.jsonl", help="training manifest")
     parser.add_argument(
         "--valid_data", default=None, help=f"validation manifest (optional; {DEFAULT_VALID} if present)"
     )
-    parser.add_argument("--output_dir", default="exp/funasr_nano_finetune")
+    parser.add_argument("--output_dir", default="exp/funasr_nano_finetune", help="where the run writes")
     parser.add_argument(
         "--config_file", default=str(ROOT / "examples" / "conf" / "train_funasr_nano.yaml"), help="training settings"
     )
-    parser.add_argument("--batch_size", type=int, default=None, help="the config file's when not given (guide: 4)")
-    parser.add_argument("--max_epoch", type=int, default=None, help="the config file's when not given (guide: 10)")
-    parser.add_argument(
-        "--learning_rate", type=float, default=None, help="the config file's when not given (guide: 0.0001)"
-    )
+    for name, kind, guide in (("batch_size", int, 4), ("max_epoch", int, 10), ("learning_rate", float, 0.0001)):
+        parser.add_argument(
+            f"--{name}", type=kind, default=None, help=f"(default: --config_file's; {guide} in the shipped one)"
+        )
     return parser
 
 

@@ -154,6 +154,14 @@ UNSUPPORTED_TRAINING_VALUES: dict[str, tuple[tuple[Any, ...], str]] = {
     "dataloader_multiprocessing_context": ((None,), "the training loader uses PyTorch's default context"),
 }
 
+# What --help adds where the default depends on the validation data (`apply_evaluation_defaults`).
+EVALUATION_HELP = {
+    "eval_strategy": "run default: steps with --valid_data, no without",
+    "load_best_model_at_end": "run default: true with --valid_data",
+    "metric_for_best_model": "run default: eval_cer (validation CER) with --valid_data",
+    "greater_is_better": "run default: false for a metric ending in cer or loss, else true",
+}
+
 # Not written to config.yaml: the launcher sets it per process.
 NOT_SAVED = {"local_rank"}
 CONFIG_GROUPS = ("model", "data", "finetune", "training")
@@ -219,6 +227,8 @@ def build_parser() -> HfArgumentParser:
         funasr_key = funasr_key_of(name) or funasr_key_of(alias_by_target.get(name, ""))
         if funasr_key:
             notes.append(f"FunASR: ++{funasr_key}")
+        if name in EVALUATION_HELP:
+            notes.append(EVALUATION_HELP[name])
         if name in defaults:
             action.default = defaults[name]
         if notes:
@@ -374,7 +384,7 @@ def read_command_line(argv: list[str]) -> tuple[str | None, dict[str, Any]]:
         raise OptionError("command line: " + "; ".join(problems) + " (see --help)")
     values = vars(namespace)
     own = option_names()
-    translated = translate(overrides.items(), own, "command line", command_line=True)
+    translated = translate(flatten(overrides, own), own, "command line", command_line=True)
     typed = _typed(translated.values, "command line")
     for name, value in typed.items():
         if name in values and values[name] != value:

@@ -132,7 +132,6 @@ FUNASR_KEYS: dict[str, Mapped | Refused | ModelKey] = {
     "lora_bias": Refused("LoRA adapters have no bias terms here (peft bias='none')", accepted=("none",)),
     "device": Refused("the device comes from the launcher (GPU when present; --use_cpu for CPU)"),
     "hub": Refused("the model is a local folder (--model_dir)", accepted=ANY),
-    "trust_remote_code": Refused("the model code is this package", accepted=ANY),
     "is_training": Refused("examples/finetune.py always trains", accepted=(True,)),
     "cudnn_enabled": Refused("cuDNN flags are PyTorch's defaults here", accepted=ANY),
     "cudnn_benchmark": Refused("cuDNN flags are PyTorch's defaults here", accepted=ANY),
@@ -277,8 +276,16 @@ FUNASR_KEYS: dict[str, Mapped | Refused | ModelKey] = {
 }
 
 # The FunASR sections whose keys are looked up one by one (everything else is a leaf).
-SECTIONS = ("train_conf", "dataset_conf", "optim_conf", "scheduler_conf", "llm_conf", "llm_conf.lora_conf")
-SECTIONS += ("audio_encoder_conf", "audio_adaptor_conf")
+SECTIONS = (
+    "train_conf",
+    "dataset_conf",
+    "optim_conf",
+    "scheduler_conf",
+    "llm_conf",
+    "llm_conf.lora_conf",
+    "audio_encoder_conf",
+    "audio_adaptor_conf",
+)
 
 
 def lookup(key: str) -> tuple[str, Mapped | Refused | ModelKey] | None:
