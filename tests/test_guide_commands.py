@@ -21,6 +21,8 @@ from helpers import REPO, run, tts_subset
 from funasr_nano_hf.training.arguments import parse_args, save_resolved_config
 from funasr_nano_hf.training.checkpointing import COMPLETE_MARKER, complete_checkpoints
 
+pytestmark = pytest.mark.slow  # real processes and real fine-tuning runs
+
 GUIDE = "finetune_guide_zh.md"
 
 # The guide's commands, verbatim.
@@ -202,7 +204,6 @@ def test_convert_data_cli_length_units(data_dir, tmp_path):
 # ---------------------------------------------------------------------------------------------------------
 # the three ways to train
 # ---------------------------------------------------------------------------------------------------------
-@pytest.mark.slow
 def test_method_1_train_sh(tiny_original_dir, data_dir, tmp_path):
     """`bash scripts/train.sh`, paths in its variables (environment), on data converted by the guide's converter;
     shortened through its CONFIG_FILE (a copy of the guide's settings with one short epoch)."""
@@ -227,7 +228,6 @@ def test_method_1_train_sh(tiny_original_dir, data_dir, tmp_path):
     ]
 
 
-@pytest.mark.slow
 def test_method_2_train_py(tiny_original_dir, data_dir, tmp_path):
     out = tmp_path / "exp"
     _shell(_with_paths(GUIDE_METHOD_2, tiny_original_dir, data_dir, out) + SHORT_METHOD_2)
@@ -243,7 +243,6 @@ def method_3_run(tiny_original_dir, data_dir, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.slow
 def test_method_3_funasr_overrides(method_3_run):
     written = _check_guide_outputs(method_3_run)
     _check_guide_values(written)
@@ -251,7 +250,6 @@ def test_method_3_funasr_overrides(method_3_run):
     assert (written["training"]["eval_steps"], written["training"]["save_steps"]) == (2, 2)
 
 
-@pytest.mark.slow
 def test_resume_from_checkpoint_path(method_3_run, tiny_original_dir, data_dir, tmp_path):
     """transformers' --resume_from_checkpoint PATH continues from that checkpoint's step (into another folder);
     an incomplete one is refused, as --resume refuses it."""
@@ -274,7 +272,6 @@ def test_resume_from_checkpoint_path(method_3_run, tiny_original_dir, data_dir, 
     assert [entry["step"] for entry in state["log_history"] if "eval_loss" in entry] == [2, 4]
 
 
-@pytest.mark.slow
 def test_examples_train_sh(tiny_original_dir, data_dir, tmp_path):
     """examples/train.sh (examples/configs/lora.yaml) with the command line over the file: --batch_size 2 wins over
     the file's per_device_train_batch_size 4; the file's other values stay."""

@@ -20,7 +20,7 @@ import os
 import re
 import sys
 from collections.abc import Collection
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -425,6 +425,7 @@ def parse_args(
     given, explicit = resolve_options(file_values, cli_values)
     validating = bool(given.get("valid_data"))
     check_validation_options(given, validating)
+    check_always_trains(given)
     own_defaults = run_defaults()
     if not validating:
         own_defaults["eval_strategy"] = "no"
@@ -443,15 +444,14 @@ def parse_args(
         built.append(cls(**kwargs))
     model_args, data_args, finetune_args, training_args = built
     finetune_args.config = config_path
+    training_args.do_train = True  # what the run does (config.yaml records it)
     check_unsupported_training_values(training_args)
     finalize_training_args(training_args, validating, explicit)
     return model_args, data_args, finetune_args, training_args
 
 
 def _required(f: Any) -> bool:
-    import dataclasses
-
-    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    return f.default is MISSING and f.default_factory is MISSING
 
 
 def check_validation_options(given: dict[str, Any], validating: bool) -> None:
@@ -467,6 +467,15 @@ def check_validation_options(given: dict[str, Any], validating: bool) -> None:
         )
     if given.get("do_eval"):
         raise OptionError("--do_eval true needs validation data: give --valid_data")
+
+
+def check_always_trains(given: dict[str, Any]) -> None:
+    """`--do_train false` would be ignored (the switch of transformers' example scripts): refused."""
+    if given.get("do_train", True) is False:
+        raise OptionError(
+            "--do_train false: examples/finetune.py always trains (to evaluate a model, use "
+            "`funasr-nano-hf transcribe` on a manifest)"
+        )
 
 
 def check_unsupported_training_values(training_args: TrainingArguments) -> None:

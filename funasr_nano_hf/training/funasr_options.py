@@ -27,8 +27,9 @@ from typing import Any
 
 # The model class of a FunASR config.yaml (`model: FunASRNano`): not a folder.
 FUNASR_MODEL_CLASS = "FunASRNano"
-# FunASR's `scheduler` names -> `--lr_scheduler_type`. FunASR's warmuplr (lr * min(n/w, sqrt(w/n)) at update n) is
-# transformers' inverse_sqrt with its timescale = warmup_steps (same curve, transformers counts updates from 0).
+# FunASR's `scheduler` names -> `--lr_scheduler_type`. FunASR's warmuplr (lr * min(n/w, sqrt(w/n)) at update n,
+# 1-based) is transformers' inverse_sqrt (timescale = warmup_steps > 0) one update later: transformers' update n
+# uses n-1 (its first update has lr 0). The exact curve is the scheduler work of issue 10; this maps the name.
 SCHEDULER_NAMES: dict[str, str | None] = {"warmuplr": "inverse_sqrt"}
 # FunASR's `optim` names -> `--optim` (torch.optim.AdamW / SGD); None: no transformers equivalent.
 OPTIMIZER_NAMES: dict[str, str | None] = {"adamw": "adamw_torch", "sgd": "sgd", "adam": None}

@@ -230,6 +230,7 @@ def test_model_folder_config_as_starting_point(tiny_original_dir, tmp_path):
         (["--load_best_model_at_end", "true"], "--load_best_model_at_end true needs validation data"),
         (["--eval_strategy", "steps"], "--eval_strategy steps needs validation data"),
         (["--do_eval", "true"], "--do_eval true needs validation data"),
+        (["--do_train", "false"], "--do_train false: examples/finetune.py always trains"),
     ],
 )
 def test_bad_options_are_named_errors(args, message):
