@@ -3,11 +3,16 @@
 
     accelerate launch examples/finetune.py --config examples/configs/lora.yaml [--key value ...]
     python examples/finetune.py --model_dir DIR --train_data train.jsonl --valid_data valid.jsonl --output_dir out
+    python examples/finetune.py ++model=DIR ++train_data_set_list=train.jsonl ++train_conf.max_epoch=10 ...
+
+Options: FunASR's guide names, every transformers `TrainingArguments` option, FunASR's `++section.key=value`
+overrides and nested YAML (`--config`); `--help` lists them with the defaults used (training/arguments.py).
 
 The model comes from `load_pretrained` (original FunASR folder, HF folder, or a hub id, downloaded). The output
 dir gets `train.log`, the resolved `config.yaml`, self-contained checkpoints (processor inside), the final
 adapter (or model), and the n-best average. Checkpoints and output folders are written atomically;
-`--resume` continues from the newest complete checkpoint (tests/fault/README.md lists the faults covered).
+`--resume` continues from the newest complete checkpoint, `--resume_from_checkpoint PATH` from that one
+(tests/fault/README.md lists the faults covered).
 """
 
 from __future__ import annotations
@@ -24,8 +29,14 @@ from funasr_nano_hf.conversion.loading import resolve_model_dir
 from funasr_nano_hf.data.collator import FunAsrNanoCollator
 from funasr_nano_hf.data.featurize import MAX_PROBLEMS_SHOWN, DataConfig, build_dataset
 from funasr_nano_hf.models.processing_funasr_nano import FunAsrNanoHfProcessor
-from funasr_nano_hf.training.arguments import FinetuneArguments, ModelArguments, parse_args, save_resolved_config
-from funasr_nano_hf.training.checkpointing import newest_complete_checkpoint, scan_checkpoints
+from funasr_nano_hf.training.arguments import (
+    FinetuneArguments,
+    ModelArguments,
+    OptionError,
+    parse_args,
+    save_resolved_config,
+)
+from funasr_nano_hf.training.checkpointing import checkpoint_problem, newest_complete_checkpoint, scan_checkpoints
 from funasr_nano_hf.training.model_card import CardInfo
 from funasr_nano_hf.training.model_setup import prepare_model_for_finetuning
 from funasr_nano_hf.training.trainer import FunAsrNanoTrainer
@@ -35,12 +46,17 @@ logger = logging.getLogger("finetune")
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     # 1. Parse arguments (guide defaults applied, DeepSpeed config / evaluation defaults / world size finalized)
-    model_args, data_args, finetune_args, training_args = parse_args(argv)
+    try:
+        model_args, data_args, finetune_args, training_args = parse_args(argv)
+    except OptionError as err:
+        raise SystemExit(f"finetune.py: error: {err}") from None
 
-    # 2. Logging and seed; the output dir with the resolved options
+    # 2. Logging and seed; the checkpoint to resume from (checked before any work); the output dir with the
+    #    resolved options
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     set_seed(training_args.seed)
     out = Path(training_args.output_dir)
+    resume = _resume_point(finetune_args, out, training_args.resume_from_checkpoint)
     out.mkdir(parents=True, exist_ok=True)
     if training_args.process_index == 0:
         save_resolved_config(out / "config.yaml", model_args, data_args, finetune_args, training_args)
@@ -88,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
 
     # 7. Train
-    result = trainer.train(resume_from_checkpoint=_resume_point(finetune_args, out))
+    result = trainer.train(resume_from_checkpoint=resume)
 
     # 8. Save, evaluate, push
     _save_final(trainer, processor, model_args, out)
@@ -121,9 +137,24 @@ def _callbacks(finetune_args: FinetuneArguments, out: Path, validating: bool) ->
     return callbacks
 
 
-def _resume_point(finetune_args: FinetuneArguments, out: Path) -> str | None:
-    """--resume: the newest COMPLETE checkpoint (torn ones are logged and skipped). Only torn ones: stop
-    rather than train from scratch over them."""
+def _resume_point(finetune_args: FinetuneArguments, out: Path, explicit: str | None = None) -> str | None:
+    """`--resume_from_checkpoint PATH` (transformers' name): that checkpoint, which must be complete. `--resume`
+    (FunASR's train_conf.resume): the newest COMPLETE checkpoint in the output dir (torn ones are logged and
+    skipped); none: a fresh start; only torn ones: stop rather than train from scratch over them. The Trainer
+    vets the files of either before loading them."""
+    if explicit:
+        if not Path(explicit).is_dir():
+            raise SystemExit(f"--resume_from_checkpoint {explicit}: no such checkpoint folder")
+        problem = checkpoint_problem(explicit)
+        if problem:
+            raise SystemExit(
+                f"--resume_from_checkpoint {explicit}: not a complete checkpoint ({problem}). If you know it is "
+                "complete (e.g. written before atomic checkpoints), mark it with "
+                "funasr_nano_hf.training.checkpointing.mark_complete(path)"
+            )
+        if finetune_args.resume:
+            logger.info("--resume_from_checkpoint %s given: resuming from it, not from the newest in %s", explicit, out)
+        return str(explicit)
     if not finetune_args.resume:
         return None
     resume = newest_complete_checkpoint(out)

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The common case of FunASR's guide (lora_finetune.sh) on the HF stack. Edit the variables or pass
-# overrides: bash examples/train.sh --max_epoch 20 --lr 2e-4
+# overrides, which win over the config file: bash examples/train.sh --max_epoch 20 --lr 2e-4 --batch_size 2
+# Runs in the active virtualenv if there is one, else in the project's (scripts/venv.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/venv.sh
+if [ -z "${VIRTUAL_ENV:-}" ]; then
+  source scripts/venv.sh
+fi
 
 model_dir=${MODEL_DIR:-Fun-ASR-Nano-2512}           # original FunASR folder (or an HF folder)
 train_data=${TRAIN_DATA:-data/train.jsonl}

@@ -100,31 +100,34 @@ def _export_funasr(args: argparse.Namespace) -> int:
 
 
 def _convert_manifest(args: argparse.Namespace) -> int:
-    from ..data.writers import convert_manifest
+    from ..data.writers import DEFAULT_LENGTHS, convert_manifest
 
+    lengths = args.lengths or DEFAULT_LENGTHS[args.to]
     tokenizer = None
-    if args.calculate_lengths:
+    if not args.calculate_lengths:
+        print("lengths not computed: length filtering and batching will compute them from the audio")
+    elif lengths == "tokens":
         if not args.tokenizer:
             raise SystemExit(
-                "convert-data: --tokenizer DIR (the model's tokenizer, e.g. Fun-ASR-Nano-2512/Qwen3-0.6B) "
-                "is needed to compute target lengths; or pass --no-calculate-lengths"
+                "convert-data: --lengths tokens needs --tokenizer DIR (the model's tokenizer, e.g. "
+                "Fun-ASR-Nano-2512/Qwen3-0.6B); or pass --lengths chars or --no-calculate-lengths"
             )
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-    else:
-        print("lengths not computed: length filtering and batching will compute them from the audio")
     written, problems = convert_manifest(
         args.input,
         args.output,
         to=args.to,
         tokenizer=tokenizer,
         calculate_lengths=args.calculate_lengths,
+        lengths=lengths,
         text_path=args.text,
     )
     for problem in problems:
         print(problem, file=sys.stderr)
-    print(f"wrote {written} records to {args.output} ({args.to}); {len(problems)} problems")
+    units = f", lengths in {lengths}" if args.calculate_lengths else ""
+    print(f"wrote {written} records to {args.output} ({args.to}{units}); {len(problems)} problems")
     return 1 if any(p.severity == "error" for p in problems) else 0
 
 
@@ -190,7 +193,14 @@ def build_parser() -> argparse.ArgumentParser:
     convert_data.add_argument("--output", required=True)
     convert_data.add_argument("--to", choices=["chatml", "source-target"], default="chatml")
     convert_data.add_argument("--text", default=None, help="transcript file when --input is a wav.scp")
-    convert_data.add_argument("--tokenizer", default=None, help="folder of the model's tokenizer (needed for lengths)")
+    convert_data.add_argument(
+        "--lengths",
+        choices=["chars", "tokens"],
+        default=None,
+        help="chars: source_len = duration in 10 ms units, target_len = characters (the guide's converter; default "
+        "for source-target); tokens: fbank frames and tokenizer tokens (FunASR's Nano tool; default for chatml)",
+    )
+    convert_data.add_argument("--tokenizer", default=None, help="folder of the model's tokenizer (--lengths tokens)")
     convert_data.add_argument("--no-calculate-lengths", dest="calculate_lengths", action="store_false")
     convert_data.set_defaults(func=_convert_manifest)
 

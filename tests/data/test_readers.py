@@ -106,7 +106,7 @@ def test_convert_round_trip(shared_dir, tmp_path, to):
 
     tokenizer = build_tiny_qwen_tokenizer()
     source = shared_dir / "data" / "tts" / "valid.jsonl"
-    written, problems = convert_manifest(source, tmp_path / "out.jsonl", to=to, tokenizer=tokenizer)
+    written, problems = convert_manifest(source, tmp_path / "out.jsonl", to=to, tokenizer=tokenizer, lengths="tokens")
     assert written == len(read_manifest(source).records) > 0 and problems == []
     back = read_manifest(tmp_path / "out.jsonl")
     assert [_key(r) for r in back.records] == [_key(r) for r in read_manifest(source).records]
