@@ -200,14 +200,13 @@ FUNASR_KEYS: dict[str, Mapped | Refused | ModelKey] = {
     "dataset_conf.batch_size_scale_ratio_max": Refused("FunASR reads it but never uses it", accepted=ANY),
     "dataset_conf.use_dynamic_output_ratio": Refused("not supported", accepted=(0, 0.0)),
     "dataset_conf.do_think": Refused("the prompt never has a think block here", accepted=(True,)),
-    "dataset_conf.sort_size": Refused(
-        "not supported: batches are formed by --batch_type / --batch_size / --max_tokens"
+    "dataset_conf.sort_size": Mapped("sort_size"),
+    "dataset_conf.max_token_length": Mapped("max_token_length"),
+    "dataset_conf.batch_size_sample_max": Mapped("batch_size_sample_max"),
+    "dataset_conf.batch_size_token_max": Refused(
+        "not supported: FunASR's collator-level drop of the longest examples; --batch_size is the padded budget "
+        "under --batch_type length/token"
     ),
-    "dataset_conf.max_token_length": Refused(
-        "not supported: limit lengths with --max_source_length / --max_target_length"
-    ),
-    "dataset_conf.batch_size_sample_max": Refused("not supported: batches are formed by --batch_type / --batch_size"),
-    "dataset_conf.batch_size_token_max": Refused("not supported: batches are formed by --batch_type / --max_tokens"),
     "dataset_conf.min_target_length": Refused("transcripts shorter than one token are always dropped", accepted=(0, 1)),
     "dataset_conf.prompt_classes": Refused("the prompt is the manifest's instruction (models/prompting.py)"),
     "dataset_conf.prompt_conf": Refused("the prompt is the manifest's instruction (models/prompting.py)"),

@@ -216,7 +216,7 @@ def test_model_folder_config_as_starting_point(tiny_original_dir, tmp_path):
         (["++train_conf.max_epochs=3"], r"unknown option 'train_conf.max_epochs' \(did you mean train_conf.max_epoch"),
         (["--max_epochs", "3"], r"unknown option --max_epochs \(did you mean max_epoch"),
         (["train_conf.max_epoch=3"], r"write FunASR overrides as \+\+train_conf.max_epoch=3"),
-        (["++dataset_conf.sort_size=1024"], "dataset_conf.sort_size=1024 is not supported: not supported"),
+        (["++dataset_conf.batch_size_token_max=2500"], "dataset_conf.batch_size_token_max=2500 is not supported"),
         (["++train_conf.use_deepspeed=true"], "train_conf.deepspeed_config=PATH or --deepspeed PATH"),
         (["++train_conf.grad_clip_type=1"], "grad_clip_type=1 is not supported: gradients are clipped by their 2-norm"),
         (["++freeze_param=llm"], "freeze_param='llm' is not supported: freeze whole parts with"),
