@@ -18,8 +18,10 @@ from typing import Any
 
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
+from transformers.training_args import OptimizerNames
 
 from ..data.featurize import DataConfig
+from .schedulers import HF_SCHEDULER, SCHEDULERS, WARMUPLR
 from .secrets import redact
 
 
@@ -85,6 +87,14 @@ class FinetuneArguments:
     early_stopping_patience: int = field(default=3, metadata={"help": "evaluations without CER improvement; 0 = off"})
     resume: bool = field(default=False, metadata={"help": "continue from the newest complete checkpoint"})
     lr: float = field(default=1e-4)
+    scheduler: str = field(
+        default=WARMUPLR,
+        metadata={
+            "help": "warmuplr: FunASR's schedule, lr * min(n/w, sqrt(w/n)) at optimizer update n, w = --warmup_steps "
+            "(guide: 500) | hf: transformers' --lr_scheduler_type (giving --lr_scheduler_type selects hf)",
+            "choices": list(SCHEDULERS),
+        },
+    )
     accum_grad: int = field(default=1)
     grad_clip: float = field(default=5.0)
     eval_max_new_tokens: int | None = field(default=None, metadata={"help": "default: scaled with duration"})
@@ -109,8 +119,9 @@ GUIDE_TO_TRAINING = {
 
 DATA_TO_TRAINING = {"batch_size": "per_device_train_batch_size", "num_workers": "dataloader_num_workers"}
 
-# Guide defaults for TrainingArguments fields that keep their own name.
-GUIDE_TRAINING_DEFAULTS = {"weight_decay": 1e-4, "warmup_steps": 500}
+# Guide defaults for TrainingArguments fields that keep their own name. FunASR's `optim: adamw` is
+# torch.optim.AdamW (transformers' default on torch >= 2.8 is the fused variant).
+GUIDE_TRAINING_DEFAULTS = {"weight_decay": 1e-4, "warmup_steps": 500, "optim": OptimizerNames.ADAMW_TORCH}
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, FinetuneArguments, TrainingArguments)
 
@@ -163,6 +174,7 @@ def apply_guide_defaults(
     for name, value in GUIDE_TRAINING_DEFAULTS.items():
         if name not in explicit:
             setattr(training_args, name, value)
+    choose_scheduler(finetune_args, training_args, explicit)
     if "eval_strategy" not in explicit:
         training_args.eval_strategy = "steps"
     if "save_strategy" not in explicit:
@@ -176,6 +188,23 @@ def apply_guide_defaults(
     if "report_to" not in explicit:
         training_args.report_to = []
     return training_args
+
+
+def choose_scheduler(finetune_args: FinetuneArguments, training_args: TrainingArguments, explicit: set[str]) -> None:
+    """FunASR's warmuplr unless --lr_scheduler_type is given (then transformers' scheduler of that type); both
+    --scheduler warmuplr and --lr_scheduler_type is a contradiction."""
+    if "lr_scheduler_type" in explicit:
+        if "scheduler" in explicit and finetune_args.scheduler == WARMUPLR:
+            raise ValueError(
+                f"--scheduler warmuplr and --lr_scheduler_type {training_args.lr_scheduler_type.value} both given: "
+                "drop one (--lr_scheduler_type selects transformers' schedule, --scheduler warmuplr FunASR's)"
+            )
+        finetune_args.scheduler = HF_SCHEDULER
+    if finetune_args.scheduler == WARMUPLR and training_args.warmup_steps <= 0:
+        raise ValueError(
+            f"--warmup_steps {training_args.warmup_steps}: FunASR's warmuplr needs a warm-up of at least 1 "
+            "optimizer update (it divides by it); for a constant lr give --lr_scheduler_type constant"
+        )
 
 
 def finalize_training_args(training_args: TrainingArguments, validating: bool) -> TrainingArguments:
