@@ -202,7 +202,7 @@ def choose_scheduler(finetune_args: FinetuneArguments, training_args: TrainingAr
         finetune_args.scheduler = HF_SCHEDULER
     if finetune_args.scheduler == WARMUPLR and training_args.warmup_steps <= 0:
         raise ValueError(
-            f"--warmup_steps {training_args.warmup_steps}: FunASR's warmuplr needs a warm-up of at least 1 "
+            f"--warmup_steps {training_args.warmup_steps:g}: FunASR's warmuplr needs a warm-up of at least 1 "
             "optimizer update (it divides by it); for a constant lr give --lr_scheduler_type constant"
         )
 

@@ -86,3 +86,21 @@ def test_resolved_config_has_every_group(tmp_path):
     resolved = yaml.safe_load((tmp_path / "config.yaml").read_text(encoding="utf-8"))
     assert list(resolved) == ["model", "data", "finetune", "training"]
     assert resolved["data"]["feature_num_proc"] == 2 and resolved["training"]["learning_rate"] == 1e-4
+
+
+def test_funasr_optimisation_by_default_transformers_schedule_on_request():
+    """FunASR's optim: adamw (torch AdamW) and scheduler: warmuplr by default; --lr_scheduler_type selects
+    transformers' schedule; contradictions and a warm-up warmuplr cannot run are refused by name."""
+    _, _, finetune, training = parse_args(BASE)
+    assert finetune.scheduler == "warmuplr" and training.optim == "adamw_torch"
+    _, _, finetune, training = parse_args(BASE + ["--lr_scheduler_type", "cosine", "--optim", "adamw_torch_fused"])
+    assert finetune.scheduler == "hf" and training.lr_scheduler_type == "cosine"
+    assert training.optim == "adamw_torch_fused"
+    _, _, finetune, _ = parse_args(BASE + ["--scheduler", "hf"])
+    assert finetune.scheduler == "hf"
+    with pytest.raises(ValueError, match="--scheduler warmuplr and --lr_scheduler_type cosine both given"):
+        parse_args(BASE + ["--scheduler", "warmuplr", "--lr_scheduler_type", "cosine"])
+    with pytest.raises(ValueError, match="--warmup_steps 0: FunASR's warmuplr needs a warm-up"):
+        parse_args(BASE + ["--warmup_steps", "0"])
+    _, _, finetune, training = parse_args(BASE + ["--warmup_steps", "0", "--lr_scheduler_type", "constant"])
+    assert finetune.scheduler == "hf" and training.warmup_steps == 0
