@@ -133,6 +133,9 @@ def parse_args(
     defaults applied and the training arguments finalized (`finalize_training_args`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser(ARGUMENT_CLASSES)
+    for action in parser._actions:
+        if action.dest == "lr_scheduler_type":
+            action.help = "transformers' schedule, used when given or with --scheduler hf; otherwise FunASR's warmuplr"
     explicit = {arg[2:].split("=", 1)[0].replace("-", "_") for arg in argv if arg.startswith("--")}
     config_path = None
     if "--config" in argv:
