@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         callbacks=_callbacks(finetune_args, out, validating=valid_set is not None),
         card_info=CardInfo.from_args(model_args, data_args, training_args, train_set, valid_set),
         on_nonfinite=finetune_args.on_nonfinite,
+        scheduler=finetune_args.scheduler,
     )
 
     # 7. Train

@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
+from transformers.training_args import OptimizerNames
 
 from ..data.featurize import DataConfig
 from .funasr_options import (
@@ -37,6 +38,7 @@ from .funasr_options import (
     suggestion,
     translate,
 )
+from .schedulers import HF_SCHEDULER, SCHEDULERS, WARMUPLR
 from .secrets import REDACTED, is_secret_name, redact
 
 
@@ -134,6 +136,14 @@ class FinetuneArguments:
     early_stopping_patience: int = field(default=3, metadata={"help": "evaluations without CER improvement; 0 = off"})
     resume: bool = field(default=False, metadata={"help": "continue from the newest complete checkpoint"})
     lr: float = field(default=1e-4)
+    scheduler: str = field(
+        default=WARMUPLR,
+        metadata={
+            "help": "warmuplr: FunASR's schedule, lr * min(n/w, sqrt(w/n)) at optimizer update n, w = --warmup_steps "
+            "(guide: 500) | hf: transformers' --lr_scheduler_type (giving --lr_scheduler_type selects hf)",
+            "choices": list(SCHEDULERS),
+        },
+    )
     accum_grad: int = field(default=1)
     grad_clip: float = field(default=5.0)
     eval_max_new_tokens: int | None = field(default=None, metadata={"help": "default: scaled with duration"})
@@ -158,8 +168,9 @@ GUIDE_TO_TRAINING = {
 
 DATA_TO_TRAINING = {"batch_size": "per_device_train_batch_size", "num_workers": "dataloader_num_workers"}
 
-# Guide defaults for TrainingArguments fields that keep their own name.
-GUIDE_TRAINING_DEFAULTS = {"weight_decay": 1e-4, "warmup_steps": 500}
+# Guide defaults for TrainingArguments fields that keep their own name. FunASR's `optim: adamw` is
+# torch.optim.AdamW (transformers' default on torch >= 2.8 is the fused variant).
+GUIDE_TRAINING_DEFAULTS = {"weight_decay": 1e-4, "warmup_steps": 500, "optim": OptimizerNames.ADAMW_TORCH}
 
 # How the run differs from TrainingArguments' defaults besides the guide's values: evaluation, saving and logging
 # every N steps (the guide's intervals), n-best pruning by the callback (not save_total_limit), the collator
@@ -478,6 +489,7 @@ def parse_args(
     finetune_args.config = config_path
     training_args.do_train = True  # what the run does (config.yaml records it)
     check_unsupported_training_values(training_args)
+    choose_scheduler(finetune_args, training_args, explicit)
     finalize_training_args(training_args, validating, explicit)
     return model_args, data_args, finetune_args, training_args
 
@@ -516,6 +528,23 @@ def check_unsupported_training_values(training_args: TrainingArguments) -> None:
         value = getattr(training_args, name)
         if value not in fine:
             raise OptionError(f"--{name} {value!r} is not supported: {reason}")
+
+
+def choose_scheduler(finetune_args: FinetuneArguments, training_args: TrainingArguments, explicit: set[str]) -> None:
+    """FunASR's warmuplr unless --lr_scheduler_type is given (then transformers' scheduler of that type); both
+    --scheduler warmuplr and --lr_scheduler_type is a contradiction."""
+    if "lr_scheduler_type" in explicit:
+        if "scheduler" in explicit and finetune_args.scheduler == WARMUPLR:
+            raise ValueError(
+                f"--scheduler warmuplr and --lr_scheduler_type {training_args.lr_scheduler_type.value} both given: "
+                "drop one (--lr_scheduler_type selects transformers' schedule, --scheduler warmuplr FunASR's)"
+            )
+        finetune_args.scheduler = HF_SCHEDULER
+    if finetune_args.scheduler == WARMUPLR and training_args.warmup_steps <= 0:
+        raise ValueError(
+            f"--warmup_steps {training_args.warmup_steps:g}: FunASR's warmuplr needs a warm-up of at least 1 "
+            "optimizer update (it divides by it); for a constant lr give --lr_scheduler_type constant"
+        )
 
 
 def finalize_training_args(
@@ -587,6 +616,8 @@ def save_resolved_config(
             del training[name]
         elif is_secret_name(name):
             training[name] = None if getattr(training_args, name, None) is None else REDACTED
+    if finetune_args.scheduler == WARMUPLR:
+        del training["lr_scheduler_type"]  # unused under FunASR's warmuplr (and read back, it would select hf)
     finetune = asdict(finetune_args)
     finetune.pop("config")  # the file this run started from: its values are all here
     resolved = redact(

@@ -27,10 +27,9 @@ from typing import Any
 
 # The model class of a FunASR config.yaml (`model: FunASRNano`): not a folder.
 FUNASR_MODEL_CLASS = "FunASRNano"
-# FunASR's `scheduler` names -> `--lr_scheduler_type`. FunASR's warmuplr (lr * min(n/w, sqrt(w/n)) at update n,
-# 1-based) is transformers' inverse_sqrt (timescale = warmup_steps > 0) one update later: transformers' update n
-# uses n-1 (its first update has lr 0). The exact curve is the scheduler work of issue 10; this maps the name.
-SCHEDULER_NAMES: dict[str, str | None] = {"warmuplr": "inverse_sqrt"}
+# FunASR's `scheduler` names -> our `--scheduler` (training/schedulers.py implements FunASR's warmuplr exactly;
+# transformers' inverse_sqrt is the same curve one update late).
+SCHEDULER_NAMES: dict[str, str | None] = {"warmuplr": "warmuplr"}
 # FunASR's `optim` names -> `--optim` (torch.optim.AdamW / SGD); None: no transformers equivalent.
 OPTIMIZER_NAMES: dict[str, str | None] = {"adamw": "adamw_torch", "sgd": "sgd", "adam": None}
 ANY = object()  # `Refused.accepted`: every value is a no-op (FunASR reads the key but it changes nothing here)
@@ -140,7 +139,7 @@ FUNASR_KEYS: dict[str, Mapped | Refused | ModelKey] = {
     "backend": Refused("use --ddp_backend"),
     "dataset": Refused("manifests are read by funasr_nano_hf.data.readers", accepted=("FunASR",)),
     "optim": Mapped(convert=_named(OPTIMIZER_NAMES, "optim", "optim")),
-    "scheduler": Mapped(convert=_named(SCHEDULER_NAMES, "lr_scheduler_type", "scheduler")),
+    "scheduler": Mapped(convert=_named(SCHEDULER_NAMES, "scheduler", "scheduler")),
     # -- train_conf -----------------------------------------------------------------------------------------
     "train_conf.max_epoch": Mapped("max_epoch"),
     "train_conf.log_interval": Mapped("log_interval"),

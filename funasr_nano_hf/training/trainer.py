@@ -51,6 +51,7 @@ from .checkpointing import (
 )
 from .nonfinite import NonFiniteGuard, SkipBatch
 from .oom import BatchShape, out_of_memory_guard
+from .schedulers import SCHEDULERS, WARMUPLR, get_warmuplr_schedule
 from .secrets import protect_secrets
 
 logger = logging.getLogger(__name__)
@@ -140,6 +141,13 @@ def _rotate_checkpoints(trainer: Trainer, run_dir: str) -> None:
     )
 
 
+def _mark_scheduler_created(trainer: Trainer) -> None:
+    """Tell the Trainer that it built the scheduler, so a later ``train()`` builds it again (for that run's
+    length) instead of reusing it. transformers 5.23.0: private ``Trainer._created_lr_scheduler``, set by
+    ``Trainer.create_scheduler`` and read in ``Trainer._prepare_for_training``."""
+    trainer._created_lr_scheduler = True
+
+
 def _undo_accelerate_sharding(loader: DataLoader, sampler: Any) -> None:
     """Our batch sampler already shards by rank: stop accelerate from sharding its batches again. With several
     processes, ``Accelerator.prepare`` wraps a DataLoader's batch sampler in a ``BatchSamplerShard`` (the
@@ -204,6 +212,18 @@ class FunAsrNanoTrainer(Trainer):
       Trainer's.
     * `on_nonfinite` -- ``"stop"`` (default) or ``"skip"``: what a NaN/inf loss or gradient does
       (`nonfinite.NonFiniteGuard`).
+    * `scheduler` -- ``"warmuplr"`` (default): FunASR's learning-rate schedule (`schedulers`), warm-up length
+      ``args.warmup_steps``; ``"hf"``: transformers' ``args.lr_scheduler_type``.
+
+    The optimisation itself is FunASR's (``funasr/train_utils/trainer_ds.py``), not the Trainer's defaults:
+
+    * weight decay on every trainable parameter, biases and norms included (FunASR builds its optimizer on
+      ``model.parameters()``, one group; transformers leaves biases and norms undecayed);
+    * with gradient accumulation each micro-batch's loss (the mean over its label tokens) is divided by the
+      number of accumulated batches, so batches count equally whatever their token counts; transformers would
+      divide the summed token losses by the label tokens of all accumulated batches (``num_items_in_batch``);
+    * gradients clipped to ``args.max_grad_norm`` (FunASR's ``grad_clip``) at the accumulation boundary, before
+      the optimizer step, as the Trainer already does.
     """
 
     def __init__(
@@ -216,11 +236,18 @@ class FunAsrNanoTrainer(Trainer):
         eval_max_new_tokens: int | None = None,
         card_info: Any = None,
         on_nonfinite: str = "stop",
+        scheduler: str = WARMUPLR,
         **kwargs: Any,
     ):
+        if scheduler not in SCHEDULERS:
+            raise ValueError(f"scheduler must be one of {list(SCHEDULERS)}, got {scheduler!r}")
         super().__init__(*args, **kwargs)
         if processor is None:
             raise ValueError("FunAsrNanoTrainer needs the processor (tokenizer + feature extractor)")
+        self.scheduler_name = scheduler
+        # FunASR's loss normalisation: the model's own per-batch token mean, divided by the accumulation steps in
+        # `Trainer.training_step`; no `num_items_in_batch` is counted or passed to the model.
+        self.model_accepts_loss_kwargs = False
         self.processor = processor
         self.batch_type = batch_type
         self.sort_size = sort_size
@@ -382,6 +409,31 @@ class FunAsrNanoTrainer(Trainer):
                 )
             )
         _track_push(self, jobs)
+
+    # -- optimisation as FunASR's trainer: decay on every parameter, warmuplr -------------------------------
+    def get_decay_parameter_names(self, model: torch.nn.Module) -> list[str]:
+        """Every parameter is decayed, biases and norms included: FunASR's optimizer has one parameter group
+        with the whole model (``optim_class(model.parameters(), **optim_conf)``)."""
+        return [name for name, _ in model.named_parameters()]
+
+    def create_scheduler(
+        self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None
+    ) -> torch.optim.lr_scheduler.LRScheduler:
+        """FunASR's ``warmuplr`` (`schedulers.get_warmuplr_schedule`, warm-up ``args.warmup_steps``) unless the
+        trainer was built with ``scheduler="hf"``; then the Trainer's ``args.lr_scheduler_type``."""
+        if self.scheduler_name != WARMUPLR or self.lr_scheduler is not None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        warmup = self.args.get_warmup_steps(num_training_steps)
+        self.lr_scheduler = get_warmuplr_schedule(optimizer if optimizer is not None else self.optimizer, warmup)
+        _mark_scheduler_created(self)
+        logger.info(
+            "learning-rate schedule: FunASR's warmuplr, peak %g at update %d then 1/sqrt decay (lr_scheduler_type "
+            "%r is not used: scheduler='hf' / --lr_scheduler_type selects transformers' schedules)",
+            self.args.learning_rate,
+            warmup,
+            str(getattr(self.args.lr_scheduler_type, "value", self.args.lr_scheduler_type)),
+        )
+        return self.lr_scheduler
 
     # -- training step: non-finite loss/gradients, out of memory, example keys ------------------------------
     def training_step(

@@ -128,7 +128,9 @@ def test_trainer_checks_gradients_after_backward(tiny_original_dir, fault_data, 
     one_step = dict(max_steps=1, per_device_train_batch_size=4, use_cpu=True, report_to=[], disable_tqdm=True)
     args = TrainingArguments(str(tmp_path), remove_unused_columns=False, save_strategy="no", **one_step)
     collator = FunAsrNanoCollator(pad_token_id=processor.tokenizer.pad_token_id)
-    trainer = FunAsrNanoTrainer(model, args, collator, train_set, processor=processor, on_nonfinite=policy)
+    trainer = FunAsrNanoTrainer(
+        model, args, collator, train_set, processor=processor, on_nonfinite=policy, scheduler="hf"
+    )
     if policy == "stop":
         with pytest.raises(
             NonFiniteLossError,

@@ -185,7 +185,7 @@ def test_model_folder_config_as_starting_point(tiny_original_dir, tmp_path):
     folder is the model; architecture keys come from the model itself and cannot be overridden."""
     funasr_yaml = yaml.safe_load((tiny_original_dir / "config.yaml").read_text())
     config = str(tiny_original_dir / "config.yaml")
-    model, data, _, training = parse_args(["--config", config, "--train_data", "t.jsonl", "--use_cpu"])
+    model, data, finetune, training = parse_args(["--config", config, "--train_data", "t.jsonl", "--use_cpu"])
     assert model.model_dir == str(tiny_original_dir)
     assert training.learning_rate == funasr_yaml["optim_conf"]["lr"]
     assert training.weight_decay == funasr_yaml["optim_conf"]["weight_decay"]
@@ -197,7 +197,7 @@ def test_model_folder_config_as_starting_point(tiny_original_dir, tmp_path):
     lora = funasr_yaml["llm_conf"]["lora_conf"]
     assert (model.use_lora, model.lora_r, model.lora_alpha) == (funasr_yaml["llm_conf"]["use_lora"], lora["r"], 32)
     assert model.lora_target_modules == ",".join(lora["target_modules"])
-    assert training.lr_scheduler_type.value == "inverse_sqrt" and training.optim.value == "adamw_torch"
+    assert finetune.scheduler == "warmuplr" and training.optim.value == "adamw_torch"
     model, _, _, training = parse_args(
         ["--config", config, "--train_data", "t.jsonl", "++llm_conf.use_lora=true", "++optim_conf.lr=0.001"]
     )
@@ -221,7 +221,7 @@ def test_model_folder_config_as_starting_point(tiny_original_dir, tmp_path):
         (["++train_conf.grad_clip_type=1"], "grad_clip_type=1 is not supported: gradients are clipped by their 2-norm"),
         (["++freeze_param=llm"], "freeze_param='llm' is not supported: freeze whole parts with"),
         (["++optim=adam"], r"optim: 'adam' is not supported; supported: \['adamw', 'sgd'\]"),
-        (["++scheduler=cosine"], r"scheduler: 'cosine' is not supported; supported: \['warmuplr'\]"),
+        (["++scheduler=cosine"], r"--scheduler: 'cosine' is not one of \['warmuplr', 'hf'\]"),
         (["--lr", "fast"], None),  # argparse's own error (exit 2)
         (["--remove_unused_columns", "true"], "--remove_unused_columns True is not supported: the collator needs"),
         (["--do_predict", "true"], "--do_predict True is not supported"),
@@ -423,7 +423,7 @@ FUNASR_KEY_CASES = {
     "llm_conf.lora_conf.lora_dropout": (0.05, "lora_dropout", 0.05),
     "audio_encoder_conf.freeze": (False, "freeze_audio_encoder", False),
     "audio_adaptor_conf.freeze": (False, "freeze_audio_adaptor", False),
-    "scheduler": ("warmuplr", "lr_scheduler_type", "inverse_sqrt"),
+    "scheduler": ("warmuplr", "scheduler", "warmuplr"),
     "optim": ("adamw", "optim", "adamw_torch"),
 }
 
@@ -464,3 +464,21 @@ def test_lora_only_freezes_everything_but_lora(tmp_path):
     assert (model.freeze_audio_adaptor, model.freeze_llm, model.use_lora) == (False, False, False)
     model, *_ = parse_args(BASE + ["--config", str(config), "++lora_only=true"])
     assert (model.freeze_audio_encoder, model.freeze_audio_adaptor, model.freeze_llm, model.use_lora) == (True,) * 4
+
+
+def test_funasr_optimisation_by_default_transformers_schedule_on_request():
+    """FunASR's optim: adamw (torch AdamW) and scheduler: warmuplr by default; --lr_scheduler_type selects
+    transformers' schedule; contradictions and a warm-up warmuplr cannot run are refused by name."""
+    _, _, finetune, training = parse_args(BASE)
+    assert finetune.scheduler == "warmuplr" and training.optim == "adamw_torch"
+    _, _, finetune, training = parse_args(BASE + ["--lr_scheduler_type", "cosine", "--optim", "adamw_torch_fused"])
+    assert finetune.scheduler == "hf" and training.lr_scheduler_type == "cosine"
+    assert training.optim == "adamw_torch_fused"
+    _, _, finetune, _ = parse_args(BASE + ["--scheduler", "hf"])
+    assert finetune.scheduler == "hf"
+    with pytest.raises(ValueError, match="--scheduler warmuplr and --lr_scheduler_type cosine both given"):
+        parse_args(BASE + ["--scheduler", "warmuplr", "--lr_scheduler_type", "cosine"])
+    with pytest.raises(ValueError, match="--warmup_steps 0: FunASR's warmuplr needs a warm-up"):
+        parse_args(BASE + ["--warmup_steps", "0"])
+    _, _, finetune, training = parse_args(BASE + ["--warmup_steps", "0", "--lr_scheduler_type", "constant"])
+    assert finetune.scheduler == "hf" and training.warmup_steps == 0

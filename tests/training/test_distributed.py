@@ -8,7 +8,7 @@
 * DeepSpeed through `--deepspeed CONFIG` (the `deepspeed` launcher): the config's "auto" values come from
   the guide options (batch_size, accum_grad, grad_clip).
 * DDP, 2 processes x batch B (`accelerate launch --config_file examples/accelerate/ddp.yaml`) against
-  1 process x batch 2B: the same losses and gradient norms.
+  1 process x batch 2B, on clips of equal label-token counts: the same losses and gradient norms.
 
 CPU specifics: `DS_ACCELERATOR=cpu`, no GPU visible, `--use_cpu true` for DDP, `--ddp_backend gloo` for DeepSpeed
 under accelerate (without a backend accelerate sees one process per rank on a CPU machine; finetune.py stops
@@ -279,32 +279,62 @@ def test_deepspeed_flag_takes_auto_values_from_guide_options(tiny_original_dir, 
 # ---------------------------------------------------------------------------------------------------------
 # DDP
 # ---------------------------------------------------------------------------------------------------------
-def test_ddp_two_processes_match_one_process(tiny_original_dir, data_dir, tmp_path):
+@pytest.fixture(scope="module")
+def equal_token_data(tiny_original_dir, shared_dir, tmp_path_factory) -> Path:
+    """48 train / 6 valid rows of the shared TTS set whose transcripts all have the same number of label tokens
+    (text + <|im_end|>) within each split; train repeats clips under new keys to reach 48."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_original_dir / "Qwen3-0.6B"))
+    tts = shared_dir / "data" / "tts"
+    dest = tmp_path_factory.mktemp("equal_tokens")
+    for split, count in (("train", 48), ("valid", 6)):
+        rows = [json.loads(line) for line in (tts / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()]
+        by_count: dict[int, list[dict]] = {}
+        for row in rows:
+            by_count.setdefault(len(tokenizer.encode(row["txt"] + "<|im_end|>")), []).append(row)
+        group = max(by_count.values(), key=len)
+        chosen = [{**group[i % len(group)], "key": f"{group[i % len(group)]['key']}_{i}"} for i in range(count)]
+        lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in chosen)
+        (dest / f"{split}.jsonl").write_text(lines, encoding="utf-8")
+    (dest / "wav").symlink_to(tts / "wav")
+    return dest
+
+
+def test_ddp_two_processes_match_one_process(tiny_original_dir, equal_token_data, tmp_path):
     """2 processes x batch 4 against 1 process x batch 8, same seed, `--batch_type example`.
 
     The sampler shuffles with (seed, epoch), cuts the order into per-device batches and deals them to the
     ranks: step k is global batches 2k and 2k+1 on 2 ranks of 4, i.e. exactly the 8 examples of the 1-process
-    run's batch k (same permutation, same step order). The loss is normalised by the token count of the whole
-    step (gathered over ranks) and DDP averages the gradients, so both runs compute the same numbers up to
-    float summation order (per-rank partial sums, other padded lengths): observed <= 3e-7 relative. rtol 1e-4
-    leaves room for that to grow over the updates, while other examples in a step or a mean of per-rank means
-    (the ranks' token counts differ) are off by ~1e-3 or more.
+    run's batch k (same permutation, same step order). Each rank's loss is its batch's per-token mean (FunASR's
+    normalisation) and DDP averages the gradients; every clip here has the same number of label tokens
+    (`equal_token_data`), so the mean of the two ranks' means is the mean over the 8 clips and both runs compute
+    the same numbers up to float summation order: rtol 1e-4 leaves room for that to grow over the updates,
+    while other examples in a step are off by ~1e-3 or more. (How batches of different token counts weigh:
+    tests/training/test_funasr_training_parity.py.)
     """
     two, one = tmp_path / "two", tmp_path / "one"
     common = ("--max_epoch", "1", "--validate_interval", "3", "--save_checkpoint_interval", "3", "--use_cpu", "true")
     log = _run(
         [
             *_accelerate("--config_file", REPO / "examples" / "accelerate" / "ddp.yaml", "--num_processes", "2"),
-            *_finetune(tiny_original_dir, data_dir, two, "--batch_size", "4", *common),
+            *_finetune(tiny_original_dir, equal_token_data, two, "--batch_size", "4", *common),
         ]
     )
     _assert_two_ranks(two, 6, log, per_device=4, total=8)
-    # eval_loss is normalised per evaluation step (all ranks): 1 process must see the 2 x 3 eval examples at once.
+    # eval_loss: 2 ranks x 3 eval clips against 1 process x 6 (equal label-token counts: the same mean).
     log = _run(
         [
             sys.executable,
             *_finetune(
-                tiny_original_dir, data_dir, one, "--batch_size", "8", *common, "--per_device_eval_batch_size", "6"
+                tiny_original_dir,
+                equal_token_data,
+                one,
+                "--batch_size",
+                "8",
+                *common,
+                "--per_device_eval_batch_size",
+                "6",
             ),
         ]
     )

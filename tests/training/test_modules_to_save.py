@@ -35,7 +35,7 @@ def _train(model_dir, shared_dir, out, cache, **model_options) -> tuple[FunAsrNa
     training_args = TrainingArguments(str(out), per_device_train_batch_size=4, save_strategy="no", **options)
     collator = FunAsrNanoCollator(pad_token_id=processor.tokenizer.pad_token_id)
     training_args.remove_unused_columns = False
-    trainer = FunAsrNanoTrainer(model, training_args, collator, dataset, processor=processor)
+    trainer = FunAsrNanoTrainer(model, training_args, collator, dataset, processor=processor, scheduler="hf")
     trainer.train()
     return trainer, collator(list(dataset.select(range(4))))
 

@@ -108,3 +108,23 @@ def test_one_process_loader_is_left_alone():
     loader = prepare_data_loader(DataLoader(list(range(6)), batch_sampler=sampler), num_processes=1, process_index=0)
     trainer_module._undo_accelerate_sharding(loader, sampler)  # nothing wrapped: nothing to undo
     assert [batch.tolist() for batch in loader] == [list(batch) for batch in sampler]
+
+
+# ---- the optimisation hooks (FunASR's optimizer / scheduler / loss normalisation) ---------------------------
+def test_optimisation_hooks_we_override_and_the_flags_we_set():
+    """`create_scheduler` and `get_decay_parameter_names` keep their parameters; `_mark_scheduler_created` sets the
+    flag `_prepare_for_training` reads to rebuild the scheduler on a later ``train()``; ``model_accepts_loss_kwargs``
+    still decides both whether ``num_items_in_batch`` reaches the model and whether the loss is divided by the
+    accumulation steps."""
+    assert _parameters(Trainer.create_scheduler) == ["self", "num_training_steps", "optimizer"]
+    assert _parameters(FunAsrNanoTrainer.create_scheduler) == _parameters(Trainer.create_scheduler)
+    assert _parameters(Trainer.get_decay_parameter_names) == ["self", "model"]
+    assert "self._created_lr_scheduler = True" in _source(Trainer.create_scheduler)
+    assert re.search(
+        r"if self\._created_lr_scheduler:\s*self\.lr_scheduler = None", _source(Trainer._prepare_for_training)
+    )
+    assert "transformers 5.23.0" in trainer_module._mark_scheduler_created.__doc__
+    assert re.search(r"if self\.model_accepts_loss_kwargs:", _source(Trainer.compute_loss))
+    step = _source(Trainer.training_step)
+    assert "self.model_accepts_loss_kwargs and num_items_in_batch is not None" in step
+    assert "loss = loss / self.current_gradient_accumulation_steps" in step
