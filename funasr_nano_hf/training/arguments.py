@@ -82,7 +82,16 @@ class FinetuneArguments:
     save_checkpoint_interval: int = field(default=1000)
     keep_nbest_models: int = field(default=5)
     avg_nbest_model: int = field(default=3)
-    early_stopping_patience: int = field(default=3, metadata={"help": "evaluations without CER improvement; 0 = off"})
+    avg_keep_nbest_models_type: str = field(
+        default="cer",
+        metadata={
+            "help": "what the n best checkpoints are ranked by: cer (eval CER, ours) | acc | loss (FunASR's)",
+            "choices": ["cer", "acc", "loss"],
+        },
+    )
+    early_stopping_patience: int = field(
+        default=3, metadata={"help": "epochs whose end-of-epoch eval loss does not improve on the best; 0 = off"}
+    )
     resume: bool = field(default=False, metadata={"help": "continue from the newest complete checkpoint"})
     lr: float = field(default=1e-4)
     accum_grad: int = field(default=1)
@@ -175,6 +184,8 @@ def apply_guide_defaults(
         training_args.remove_unused_columns = False  # the collator picks the columns it needs
     if "report_to" not in explicit:
         training_args.report_to = []
+    if "metric_for_best_model" not in explicit:  # the Trainer's "best" = the n-best ranking
+        training_args.metric_for_best_model = f"eval_{finetune_args.avg_keep_nbest_models_type}"
     return training_args
 
 
@@ -200,10 +211,10 @@ def refill_deepspeed_config(training_args: TrainingArguments) -> None:
 
 
 def apply_evaluation_defaults(training_args: TrainingArguments, validating: bool) -> None:
-    """With validation data: keep the best checkpoint by CER (lower is better), as FunASR's n-best does.
+    """With validation data: the best checkpoint is tracked by CER (lower is better) unless told otherwise, as
+    FunASR's n-best; `final/` is the last weights (FunASR's model.pt) unless --load_best_model_at_end true.
     Without: no evaluation at all."""
     if validating:
-        training_args.load_best_model_at_end = True
         training_args.metric_for_best_model = training_args.metric_for_best_model or "eval_cer"
         training_args.greater_is_better = not training_args.metric_for_best_model.endswith(("cer", "loss"))
     else:
