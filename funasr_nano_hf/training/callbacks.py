@@ -224,13 +224,12 @@ class NBestCheckpointCallback(TrainerCallback):
                 keep_steps |= {step for step in checkpoints if step not in scores and step >= last_scored}
         for step, path in sorted(checkpoints.items()):
             if step not in keep_steps:
-                logger.info(
-                    "n-best: deleting %s (%s=%s, outside the %d best)",
-                    path,
-                    self.ranked_by,
-                    scores.get(step, step),
-                    keep,
-                )
+                if self.metric is None:
+                    logger.info("n-best: deleting %s (older than the %d newest)", path, len(keep_steps))
+                else:
+                    logger.info(
+                        "n-best: deleting %s (%s=%s, outside the %d best)", path, self.metric, scores.get(step), keep
+                    )
                 remove_directory(path)
         order = ranked + sorted(step for step in keep_steps if step not in ranked)
         kept = [self._entry(step, checkpoints[step], scores) for step in order if step in keep_steps]
@@ -394,8 +393,7 @@ class EpochEndValidationCallback(TrainerCallback):
             control.should_save = step not in self._saved
 
     def on_step_end(self, args, state, control, **kwargs):
-        if _at_epoch_end(state):
-            self._request(args, state, control)
+        pass
         return control
 
     def on_epoch_end(self, args, state, control, **kwargs):
@@ -621,7 +619,8 @@ class TrainLog:
         """The error and its traceback, in the file only (the console shows Python's own report)."""
         what = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
         text = "".join(traceback.format_exception(kind, error, trace)).rstrip()
-        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} | ERROR | rank {self.rank} | run {what}: {error!r}\n{text}\n"
+        summary = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} | ERROR | rank {self.rank} | run {what}: {summary}\n{text}\n"
         if self.handler is not None:
             self.handler.acquire()
             try:
