@@ -20,6 +20,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import TrainerCallback, TrainingArguments, set_seed
@@ -128,6 +129,7 @@ def _finetune(
     if valid_set is not None:
         metrics.update(trainer.evaluate())
         averaged = next((c.averaged_dir for c in callbacks if isinstance(c, NBestCheckpointCallback)), None)
+        averaged = _from_main_process(trainer, averaged)  # the n-best callback averages on the main process only
         if averaged is not None:
             metrics.update(
                 trainer.evaluate_saved_weights(averaged, restore=out / "final", metric_key_prefix="avg_eval")
@@ -136,6 +138,15 @@ def _finetune(
     if training_args.push_to_hub:
         trainer.push_to_hub(commit_message="funasr_nano_hf fine-tune")
     return metrics
+
+
+def _from_main_process(trainer: FunAsrNanoTrainer, value: Any) -> Any:
+    """`value` as the main process has it, on every process (they all take part in an evaluation)."""
+    if trainer.args.world_size == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([value], from_process=0)[0]
 
 
 def _callbacks(finetune_args: FinetuneArguments, out: Path, validating: bool) -> list[TrainerCallback]:
