@@ -3,15 +3,18 @@
 
     accelerate launch examples/finetune.py --config examples/configs/lora.yaml [--key value ...]
     python examples/finetune.py --model_dir DIR --train_data train.jsonl --valid_data valid.jsonl --output_dir out
-    python examples/finetune.py ++model=DIR ++train_data_set_list=train.jsonl ++train_conf.max_epoch=10 ...
 
 Options: FunASR's guide names, every transformers `TrainingArguments` option, FunASR's `++section.key=value`
 overrides and nested YAML (`--config`); `--help` lists them with the defaults used (training/arguments.py).
 
-The model comes from `load_pretrained` (original FunASR folder, HF folder, or a hub id, downloaded). The output
-dir gets `train.log`, the resolved `config.yaml`, self-contained checkpoints (processor inside), the final
-adapter (or model), and the n-best average. Checkpoints and output folders are written atomically;
-`--resume` continues from the newest complete checkpoint, `--resume_from_checkpoint PATH` from that one
+The model comes from `load_pretrained` (original FunASR folder, HF folder, or a hub id, downloaded). The output dir gets
+`train.log` (the whole run, errors with their tracebacks), the resolved `config.yaml`, self-contained
+checkpoints (processor inside; one at every epoch end, as FunASR's `model.pt.ep{E}`), `final/` (the adapter or
+model: the last weights, or the best with `--load_best_model_at_end true`), the n-best average `model_avg/`
+(evaluated: `avg_eval_*` in all_results.json), and -- from an original FunASR folder -- the final model as
+FunASR's `model.pt` (LoRA merged) that `funasr.AutoModel(model=output_dir)` loads. Checkpoints and output
+folders are written atomically; `--resume` continues from the newest complete checkpoint, `--resume_from_checkpoint
+PATH` from that one
 (tests/fault/README.md lists the faults covered).
 """
 
@@ -21,22 +24,35 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
-from transformers import EarlyStoppingCallback, TrainerCallback, set_seed
+import torch
+from transformers import TrainerCallback, TrainingArguments, set_seed
 
 from funasr_nano_hf import load_pretrained
-from funasr_nano_hf.conversion.loading import resolve_model_dir
+from funasr_nano_hf.conversion.loading import detect_layout, resolve_model_dir
 from funasr_nano_hf.data.collator import FunAsrNanoCollator
 from funasr_nano_hf.data.featurize import MAX_PROBLEMS_SHOWN, DataConfig, build_dataset
 from funasr_nano_hf.models.processing_funasr_nano import FunAsrNanoHfProcessor
 from funasr_nano_hf.training.arguments import (
+    DataArguments,
     FinetuneArguments,
     ModelArguments,
     OptionError,
     parse_args,
     save_resolved_config,
 )
+from funasr_nano_hf.training.callbacks import (
+    NBEST_METRICS,
+    CurvePlotCallback,
+    EpochEarlyStoppingCallback,
+    EpochEndValidationCallback,
+    FileLoggerCallback,
+    NBestCheckpointCallback,
+    TrainLog,
+)
 from funasr_nano_hf.training.checkpointing import checkpoint_problem, newest_complete_checkpoint, scan_checkpoints
+from funasr_nano_hf.training.funasr_model import funasr_export_command, write_funasr_model
 from funasr_nano_hf.training.model_card import CardInfo
 from funasr_nano_hf.training.model_setup import prepare_model_for_finetuning
 from funasr_nano_hf.training.trainer import FunAsrNanoTrainer
@@ -51,11 +67,23 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     except OptionError as err:
         raise SystemExit(f"finetune.py: error: {err}") from None
 
-    # 2. Logging and seed; the checkpoint to resume from (checked before any work); the output dir with the
-    #    resolved options
+    # 2. Logging: train.log from here to the last error (traceback included), on the console too
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    set_seed(training_args.seed)
     out = Path(training_args.output_dir)
+    with TrainLog(out / "train.log", main_process=training_args.process_index == 0, rank=training_args.process_index):
+        return _finetune(model_args, data_args, finetune_args, training_args, out)
+
+
+def _finetune(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    finetune_args: FinetuneArguments,
+    training_args: TrainingArguments,
+    out: Path,
+) -> dict[str, float]:
+    """Steps 2-8 of the run, inside `TrainLog`."""
+    # 2. Seed; the checkpoint to resume from (checked before any work); the output dir with the resolved options
+    set_seed(training_args.seed)
     resume = _resume_point(finetune_args, out, training_args.resume_from_checkpoint)
     out.mkdir(parents=True, exist_ok=True)
     if training_args.process_index == 0:
@@ -86,6 +114,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             train_set = add_audio_embeddings(train_set, model)
 
     # 6. Build the Trainer
+    callbacks = _callbacks(finetune_args, out, validating=valid_set is not None)
     trainer = FunAsrNanoTrainer(
         model=model,
         args=training_args,
@@ -98,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         sort_size=data_args.sort_size,
         batch_size_sample_max=data_args.batch_size_sample_max,
         eval_max_new_tokens=finetune_args.eval_max_new_tokens,
-        callbacks=_callbacks(finetune_args, out, validating=valid_set is not None),
+        callbacks=callbacks,
         card_info=CardInfo.from_args(model_args, data_args, training_args, train_set, valid_set),
         on_nonfinite=finetune_args.on_nonfinite,
         scheduler=finetune_args.scheduler,
@@ -107,34 +136,56 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     # 7. Train
     result = trainer.train(resume_from_checkpoint=resume)
 
-    # 8. Save, evaluate, push
-    _save_final(trainer, processor, model_args, out)
+    # 8. Save (final/, final_merged/, FunASR's model.pt), evaluate the final model and the n-best average, push
+    _save_final(trainer, processor, model_args, model_dir, out)
     metrics = dict(result.metrics)
     if valid_set is not None:
         metrics.update(trainer.evaluate())
+        averaged = next((c.averaged_dir for c in callbacks if isinstance(c, NBestCheckpointCallback)), None)
+        averaged = _from_main_process(trainer, averaged)  # the n-best callback averages on the main process only
+        if averaged is not None:
+            metrics.update(
+                trainer.evaluate_saved_weights(averaged, restore=out / "final", metric_key_prefix="avg_eval")
+            )
     trainer.save_metrics("all", metrics)
     if training_args.push_to_hub:
         trainer.push_to_hub(commit_message="funasr_nano_hf fine-tune")
     return metrics
 
 
-def _callbacks(finetune_args: FinetuneArguments, out: Path, validating: bool) -> list[TrainerCallback]:
-    """train.log and curves always; with validation data, FunASR's n-best checkpoints (by CER) and early stopping."""
-    from funasr_nano_hf.training.callbacks import CurvePlotCallback, FileLoggerCallback, NBestCheckpointCallback
+def _from_main_process(trainer: FunAsrNanoTrainer, value: Any) -> Any:
+    """`value` as the main process has it, on every process (they all take part in an evaluation)."""
+    if trainer.args.world_size == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
 
-    callbacks = [FileLoggerCallback(os.path.join(out, "train.log")), CurvePlotCallback()]
-    if not validating:
-        return callbacks
+    return broadcast_object_list([value], from_process=0)[0]
+
+
+def _callbacks(finetune_args: FinetuneArguments, out: Path, validating: bool) -> list[TrainerCallback]:
+    """train.log, curves, FunASR's epoch-end validation/checkpoint, its n-best checkpoints (by the validation
+    metric; without validation data the newest) and its early stopping (epochs without eval-loss improvement)."""
+    callbacks: list[TrainerCallback] = [
+        FileLoggerCallback(os.path.join(out, "train.log")),
+        CurvePlotCallback(),
+        EpochEndValidationCallback(),
+    ]
+    metric, greater_is_better = NBEST_METRICS[finetune_args.avg_keep_nbest_models_type] if validating else (None, True)
     callbacks.append(
         NBestCheckpointCallback(
             keep_nbest_models=finetune_args.keep_nbest_models,
             avg_nbest_model=finetune_args.avg_nbest_model,
-            metric="eval_cer",
-            greater_is_better=False,
+            metric=metric,
+            greater_is_better=greater_is_better,
         )
     )
-    if finetune_args.early_stopping_patience > 0:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=finetune_args.early_stopping_patience))
+    if validating:
+        callbacks.append(EpochEarlyStoppingCallback(early_stopping_patience=finetune_args.early_stopping_patience))
+    elif finetune_args.early_stopping_patience > 0:
+        logger.warning(
+            "early_stopping_patience %d needs validation data (--valid_data): early stopping is off for this run",
+            finetune_args.early_stopping_patience,
+        )
     return callbacks
 
 
@@ -173,19 +224,48 @@ def _resume_point(finetune_args: FinetuneArguments, out: Path, explicit: str | N
 
 
 def _save_final(
-    trainer: FunAsrNanoTrainer, processor: FunAsrNanoHfProcessor, model_args: ModelArguments, out: Path
+    trainer: FunAsrNanoTrainer, processor: FunAsrNanoHfProcessor, model_args: ModelArguments, model_dir: str, out: Path
 ) -> None:
-    """`final/` (the adapter, or the model) with the processor; `final_merged/` with `--merge_lora`."""
-    with trainer.atomic_output(out / "final") as staged:
+    """`final/` (the adapter, or the model, with the processor): the weights the run ends with -- the last ones, or
+    the best checkpoint's with ``--load_best_model_at_end true``; `final_merged/` with `--merge_lora`; and the same
+    model as FunASR's `model.pt` (+ its config files) at the top of `out` when the base is an original folder."""
+    final = out / "final"
+    with trainer.atomic_output(final) as staged:
         trainer.save_model(str(staged))
         if trainer.args.should_save:
             processor.save_pretrained(str(staged))
-    if model_args.use_lora and model_args.merge_lora:
-        merged = trainer.model.merge_and_unload()
+    adapter = final if model_args.use_lora else None
+    if adapter is not None and model_args.merge_lora:
         with trainer.atomic_output(out / "final_merged") as staged:
             if trainer.args.should_save:
+                merged = _merged_from_saved(model_args, model_dir, adapter)
                 merged.save_pretrained(str(staged))
                 processor.save_pretrained(str(staged))
+    if not trainer.args.should_save:
+        return
+    trained = model_dir if adapter is not None else final
+    if detect_layout(model_dir) == "original":
+        write_funasr_model(out, model_dir, trained, adapter_dir=adapter)
+    else:
+        logger.warning(
+            "no FunASR model.pt in %s: --model_dir %s is an HF folder, and the export needs the ORIGINAL FunASR "
+            "folder it came from as template; export later with: %s",
+            out,
+            model_args.model_dir,
+            funasr_export_command(trained, adapter, str(out / "funasr")),
+        )
+
+
+def _merged_from_saved(model_args: ModelArguments, model_dir: str, adapter_dir: Path) -> torch.nn.Module:
+    """The base model with the saved adapter merged, its LLM in the run's `llm_dtype` (the weights merge there,
+    as they would in the trained model). Built from the files, not from the training model, which stays as it is
+    (its adapter is evaluated and pushed afterwards; under ZeRO-3 its weights are partitioned)."""
+    from peft import PeftModel
+
+    from funasr_nano_hf.models.configuration_funasr_nano import DTYPES
+
+    base, _ = load_pretrained(model_dir, dtype=DTYPES[model_args.llm_dtype])
+    return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
 
 
 if __name__ == "__main__":

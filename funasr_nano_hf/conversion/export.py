@@ -18,7 +18,7 @@ import torch
 
 from ..errors import CheckpointError
 from ..models.modeling_funasr_nano import FunAsrNanoHfForConditionalGeneration
-from .loading import detect_layout, load_pretrained, read_config_yaml, read_model_pt
+from .loading import detect_layout, load_pretrained, original_config_path, read_config_yaml, read_model_pt
 from .original_layout import hf_to_original, layout_from_config
 
 logger = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ def export_funasr(
     if detect_layout(base) != "original":
         raise CheckpointError(f"{base}: --base must be the ORIGINAL FunASR folder (config.yaml + model.pt)")
     model = _merged_model(model_dir, adapter_dir)
-    yaml_conf = read_config_yaml(base / "config.yaml")
+    yaml_conf = read_config_yaml(original_config_path(base))
     base_state = read_model_pt(base / "model.pt")
     ours = hf_to_original(model.state_dict(), layout_from_config(yaml_conf))
     if model.config.tie_word_embeddings:  # one tensor in the HF model; FunASR stores it under both names

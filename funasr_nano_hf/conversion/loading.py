@@ -144,7 +144,7 @@ def detect_layout(path: str | Path) -> str:
     folder = Path(path)
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: not a directory (expected a FunASR model folder or an HF folder)")
-    if (folder / "config.yaml").is_file() and (folder / "model.pt").is_file():
+    if original_config_path(folder).is_file() and (folder / "model.pt").is_file():
         return "original"
     if (folder / "config.json").is_file():
         config = _read_json(folder / "config.json")
@@ -159,6 +159,22 @@ def detect_layout(path: str | Path) -> str:
         f"{folder}: neither an original FunASR folder (config.yaml + model.pt) nor an HF folder (config.json); "
         f"found {present[:12]}"
     )
+
+
+def original_config_path(folder: str | Path) -> Path:
+    """The FunASR config of an original folder: the file its ``configuration.json`` names
+    (``file_path_metas.config``, which FunASR's AutoModel reads first), else ``config.yaml``. A fine-tuning
+    run's output folder names ``funasr_config.yaml``: its ``config.yaml`` holds the run's options."""
+    folder = Path(folder)
+    meta = folder / "configuration.json"
+    if meta.is_file():
+        try:
+            name = json.loads(meta.read_text(encoding="utf-8"))["file_path_metas"]["config"]
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+            name = None
+        if isinstance(name, str) and (folder / name).is_file():
+            return folder / name
+    return folder / "config.yaml"
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -256,7 +272,8 @@ def load_original(
     `model.funasr_extra_state`, and config.yaml in `model.config.funasr_config`.
     """
     folder = Path(model_dir)
-    yaml_conf = read_config_yaml(folder / "config.yaml")
+    config_path = original_config_path(folder)
+    yaml_conf = read_config_yaml(config_path)
     llm_dir = _llm_dir(folder, yaml_conf)
     qwen_config = _read_json(llm_dir / "config.json")
     try:
@@ -267,9 +284,9 @@ def load_original(
     try:
         config = hf_config_from_original(yaml_conf, qwen_config, audio_token_id)
     except (KeyError, TypeError) as err:
-        raise CheckpointError(f"{folder / 'config.yaml'}: missing or malformed field {err}") from err
+        raise CheckpointError(f"{config_path}: missing or malformed field {err}") from err
     except ValueError as err:
-        raise CheckpointError(f"{folder / 'config.yaml'}: {err}") from err
+        raise CheckpointError(f"{config_path}: {err}") from err
     config.funasr_config = yaml_conf
 
     state = read_model_pt(folder / "model.pt")

@@ -133,7 +133,16 @@ class FinetuneArguments:
     save_checkpoint_interval: int = field(default=1000)
     keep_nbest_models: int = field(default=5)
     avg_nbest_model: int = field(default=3)
-    early_stopping_patience: int = field(default=3, metadata={"help": "evaluations without CER improvement; 0 = off"})
+    avg_keep_nbest_models_type: str = field(
+        default="cer",
+        metadata={
+            "help": "what the n best checkpoints are ranked by: cer (eval CER, ours) | acc | loss (FunASR's)",
+            "choices": ["cer", "acc", "loss"],
+        },
+    )
+    early_stopping_patience: int = field(
+        default=3, metadata={"help": "epochs whose end-of-epoch eval loss does not improve on the best; 0 = off"}
+    )
     resume: bool = field(default=False, metadata={"help": "continue from the newest complete checkpoint"})
     lr: float = field(default=1e-4)
     scheduler: str = field(
@@ -490,7 +499,10 @@ def parse_args(
     training_args.do_train = True  # what the run does (config.yaml records it)
     check_unsupported_training_values(training_args)
     choose_scheduler(finetune_args, training_args, explicit)
-    finalize_training_args(training_args, validating, explicit)
+    # the Trainer's "best" = the n-best ranking (FunASR's avg_keep_nbest_models_type)
+    finalize_training_args(
+        training_args, validating, explicit, metric=f"eval_{finetune_args.avg_keep_nbest_models_type}"
+    )
     return model_args, data_args, finetune_args, training_args
 
 
@@ -548,12 +560,12 @@ def choose_scheduler(finetune_args: FinetuneArguments, training_args: TrainingAr
 
 
 def finalize_training_args(
-    training_args: TrainingArguments, validating: bool, explicit: Collection[str] = ()
+    training_args: TrainingArguments, validating: bool, explicit: Collection[str] = (), metric: str = "eval_cer"
 ) -> TrainingArguments:
     """The last adjustments once every option is known: DeepSpeed config, evaluation defaults (the options in
     `explicit` were given and are kept), world-size check."""
     refill_deepspeed_config(training_args)
-    apply_evaluation_defaults(training_args, validating, explicit)
+    apply_evaluation_defaults(training_args, validating, explicit, metric)
     check_launched_world_size(training_args)
     return training_args
 
@@ -572,16 +584,17 @@ def refill_deepspeed_config(training_args: TrainingArguments) -> None:
 
 
 def apply_evaluation_defaults(
-    training_args: TrainingArguments, validating: bool, explicit: Collection[str] = ()
+    training_args: TrainingArguments, validating: bool, explicit: Collection[str] = (), metric: str = "eval_cer"
 ) -> None:
-    """With validation data: keep the best checkpoint by CER (lower is better), as FunASR's n-best does, unless
-    `--load_best_model_at_end` / `--metric_for_best_model` / `--greater_is_better` were given (`explicit`).
-    Without: no evaluation at all (asking for it is an error: `check_validation_options`)."""
+    """With validation data: the best checkpoint is tracked by `metric` (the n-best ranking: CER by default, lower is
+    better), and `final/` is the LAST weights, as FunASR's model.pt -- unless `--load_best_model_at_end` /
+    `--metric_for_best_model` / `--greater_is_better` were given (`explicit`). Without: no evaluation at all (asking
+    for it is an error: `check_validation_options`)."""
     if validating:
         if "load_best_model_at_end" not in explicit:
-            training_args.load_best_model_at_end = True
+            training_args.load_best_model_at_end = False
         if "metric_for_best_model" not in explicit or not training_args.metric_for_best_model:
-            training_args.metric_for_best_model = "eval_cer"  # (transformers' own default is "loss")
+            training_args.metric_for_best_model = metric  # (transformers' own default is "loss")
         if "greater_is_better" not in explicit or training_args.greater_is_better is None:
             training_args.greater_is_better = not training_args.metric_for_best_model.endswith(("cer", "loss"))
         return

@@ -161,9 +161,7 @@ FUNASR_KEYS: dict[str, Mapped | Refused | ModelKey] = {
     "train_conf.grad_clip_type": Refused(
         "gradients are clipped by their 2-norm (--grad_clip / --max_grad_norm)", accepted=(2, 2.0)
     ),
-    "train_conf.avg_keep_nbest_models_type": Refused(
-        "checkpoints are ranked by --metric_for_best_model (default eval_cer: validation CER, lower is better)"
-    ),
+    "train_conf.avg_keep_nbest_models_type": Mapped("avg_keep_nbest_models_type"),
     "train_conf.effective_save_name_excludes": Refused(
         "checkpoints hold exactly the trained weights (LoRA adapter / trained modules)", accepted=(None, "None")
     ),

@@ -1,10 +1,12 @@
 """`Trainer` for Fun-ASR-Nano: FunASR's batch types in the train dataloader, CER from batched generation
 at every evaluation.
 
-Evaluation = the Trainer's teacher-forced loss (`eval_loss`) + greedy decoding of every eval example's
-prompt, left-padded in batches by the package's one decoding loop (`inference.transcribe_featurized`), scored
-with the shipped mixed zh/en CER metric (`eval_cer`; the normaliser's name is logged next to it, metrics
-themselves must be numbers).
+Evaluation = the Trainer's teacher-forced loss (`eval_loss`), FunASR's teacher-forced token accuracy
+(`eval_acc`: the mean over evaluation batches of each batch's argmax accuracy on the label tokens, as FunASR's
+validation computes ``acc``) + greedy decoding of every eval example's prompt, left-padded in batches by the
+package's one decoding loop (`inference.transcribe_featurized`), scored with the shipped mixed zh/en CER metric
+(`eval_cer`; the normaliser's name is logged next to it, metrics themselves must be numbers).
+`evaluate_saved_weights` evaluates another saved model or adapter (the n-best average) with the same loop.
 
 Fault tolerance (tests/fault/README.md):
 
@@ -37,6 +39,7 @@ from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
+from ..data.collator import IGNORE_INDEX
 from ..data.featurize import source_lengths
 from ..data.samplers import build_batch_sampler
 from ..evaluation import NORMALIZER_NAME, compute_cer
@@ -148,6 +151,14 @@ def _mark_scheduler_created(trainer: Trainer) -> None:
     trainer._created_lr_scheduler = True
 
 
+def _load_model_weights(trainer: Trainer, folder: str) -> None:
+    """Load the weights of a saved model or adapter folder (a checkpoint, ``final/``, the n-best average) into
+    the trainer's model: peft adapters through ``PeftModel.load_adapter``, full models through
+    ``load_state_dict``. transformers 5.23.0: private ``Trainer._load_from_checkpoint(resume_from_checkpoint,
+    model=None)``."""
+    Trainer._load_from_checkpoint(trainer, folder)
+
+
 def _undo_accelerate_sharding(loader: DataLoader, sampler: Any) -> None:
     """Our batch sampler already shards by rank: stop accelerate from sharding its batches again. With several
     processes, ``Accelerator.prepare`` wraps a DataLoader's batch sampler in a ``BatchSamplerShard`` (the
@@ -158,6 +169,19 @@ def _undo_accelerate_sharding(loader: DataLoader, sampler: Any) -> None:
     shard = getattr(loader, "batch_sampler", None)
     if getattr(shard, "batch_sampler", None) is sampler:
         shard.num_processes, shard.process_index = 1, 0
+
+
+def token_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float | None:
+    """FunASR's validation ``acc`` of one batch (metrics/compute_acc.py): the share of label tokens (labels
+    != -100) whose teacher-forced argmax prediction is right; logits at position t predict the label at t+1.
+    None when the batch has no label token (FunASR's NaN, left out of the mean)."""
+    predictions = logits[:, :-1].argmax(-1)
+    targets = labels[:, 1:]
+    mask = targets != IGNORE_INDEX
+    total = int(mask.sum())
+    if total == 0:
+        return None
+    return float((predictions[mask] == targets[mask]).sum()) / total
 
 
 class _EpochEvents(TrainerCallback):
@@ -560,7 +584,28 @@ class FunAsrNanoTrainer(Trainer):
         with open(os.path.join(self.args.output_dir, "README.md"), "w", encoding="utf-8") as handle:
             handle.write(render_model_card(self.card_info, metrics, name))
 
-    # -- evaluation: CER from batched generation -----------------------------------------------------
+    # -- evaluation: loss, FunASR's token accuracy, CER from batched generation ----------------------------------
+    def prediction_step(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, Any],
+        prediction_loss_only: bool,
+        ignore_keys: list[str] | None = None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """`Trainer.prediction_step`, also recording the batch's teacher-forced token accuracy for ``eval_acc``
+        (the logits are there anyway; they are not kept or gathered when only the loss is asked for)."""
+        labels = inputs.get("labels")
+        if labels is None or not hasattr(self, "_eval_accuracies"):
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        loss, logits, gathered_labels = super().prediction_step(model, inputs, False, ignore_keys)
+        logits = logits[0] if isinstance(logits, (tuple, list)) else logits
+        accuracy = token_accuracy(logits, labels.to(logits.device))
+        if accuracy is not None:
+            self._eval_accuracies.append(accuracy)
+        if prediction_loss_only:
+            return loss, None, None
+        return loss, logits, gathered_labels
+
     def evaluation_loop(
         self,
         dataloader: DataLoader,
@@ -569,9 +614,23 @@ class FunAsrNanoTrainer(Trainer):
         ignore_keys: list[str] | None = None,
         metric_key_prefix: str = "eval",
     ) -> Any:
-        """`Trainer.evaluation_loop` (the teacher-forced loss), then ``<prefix>_cer`` of the greedy transcripts of
-        every example with a ``text``."""
-        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        """`Trainer.evaluation_loop` (the teacher-forced loss), ``<prefix>_acc`` (FunASR's validation accuracy:
+        the unweighted mean over batches of each batch's token accuracy, over all processes) and
+        ``<prefix>_cer`` of the greedy transcripts of every example with a ``text``."""
+        self._eval_accuracies: list[float] = []
+        try:
+            output = super().evaluation_loop(
+                dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
+            )
+            accuracies = self._eval_accuracies
+        finally:
+            del self._eval_accuracies
+        if self.args.world_size > 1:
+            from accelerate.utils import gather_object
+
+            accuracies = gather_object(accuracies)
+        if accuracies:
+            output.metrics[f"{metric_key_prefix}_acc"] = sum(accuracies) / len(accuracies)
         fault_point("eval")
         dataset = dataloader.dataset
         if len(dataset) and "text" in dataset.column_names:
@@ -588,6 +647,34 @@ class FunAsrNanoTrainer(Trainer):
                 time.perf_counter() - started,
             )
         return output
+
+    def evaluate_saved_weights(
+        self, folder: str | os.PathLike, *, restore: str | os.PathLike, metric_key_prefix: str
+    ) -> dict[str, float]:
+        """Evaluate the model or adapter saved in `folder` (e.g. the n-best average) like the trained model --
+        same data, loss, accuracy and CER -- as ``<metric_key_prefix>_*`` metrics (logged: log history,
+        train.log), then put back the weights saved in `restore` (the final model, saved just before). Under
+        DeepSpeed ZeRO-3 the trained parameters are gathered while they are replaced."""
+        self._load_weights(folder)
+        try:
+            return self.evaluate(metric_key_prefix=metric_key_prefix)
+        finally:
+            self._load_weights(restore)
+
+    def _load_weights(self, folder: str | os.PathLike) -> None:
+        from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+        if self.is_deepspeed_enabled and is_deepspeed_zero3_enabled():
+            import deepspeed
+
+            # every rank loads the same file; the gathered values of rank 0 are re-partitioned on exit. An adapter
+            # holds the trained tensors only; a full model's file holds them all.
+            adapter = hasattr(self.model, "peft_config")
+            params = [p for p in self.model.parameters() if p.requires_grad or not adapter]
+            with deepspeed.zero.GatheredParameters(params, modifier_rank=0):
+                _load_model_weights(self, str(folder))
+        else:
+            _load_model_weights(self, str(folder))
 
     @torch.no_grad()
     def generate_transcripts(self, dataset: Any, batch_size: int | None = None) -> list[str]:

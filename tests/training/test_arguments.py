@@ -321,7 +321,7 @@ def test_data_config_fields_are_defined_once():
 
 def test_evaluation_defaults_follow_the_validation_data_and_what_was_given():
     *_, training = parse_args(BASE + ["--valid_data", "v.jsonl"])
-    assert training.load_best_model_at_end and training.metric_for_best_model == "eval_cer"
+    assert not training.load_best_model_at_end and training.metric_for_best_model == "eval_cer"
     assert training.greater_is_better is False and training.eval_strategy == "steps"
     *_, training = parse_args(BASE + ["--valid_data", "v.jsonl", "--metric_for_best_model", "eval_wer_like"])
     assert training.greater_is_better is True

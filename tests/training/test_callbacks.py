@@ -1,5 +1,7 @@
-"""Training callbacks with a REAL `Trainer` on a tiny regression model: train.log, curves.png, n-best
-pruning (also across a resume), fp32 checkpoint averaging (full model and peft adapter)."""
+"""Training callbacks with a REAL `Trainer` on a tiny regression model: train.log (`TrainLog` for a whole run,
+errors with tracebacks), curves.png, n-best pruning by a metric (also across a resume) or by recency (no
+validation), fp32 checkpoint averaging (full model and peft adapter), epoch-end validation and saving, early
+stopping counted in epochs (also across a resume), FunASR's validation accuracy."""
 
 from __future__ import annotations
 
@@ -17,13 +19,15 @@ from torch import nn
 from torch.utils.data import Dataset
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from funasr_nano_hf.training import callbacks as callbacks_module
 from funasr_nano_hf.training.averaging import average_checkpoints
 from funasr_nano_hf.training.callbacks import (
+    NBEST_METRICS,
     CurvePlotCallback,
-    EarlyStoppingCallback,
+    EpochEarlyStoppingCallback,
+    EpochEndValidationCallback,
     FileLoggerCallback,
     NBestCheckpointCallback,
+    TrainLog,
 )
 from funasr_nano_hf.training.checkpointing import COMPLETE_MARKER
 
@@ -448,11 +452,225 @@ def test_misspelt_metric_deletes_nothing(tmp_path, caplog):
     assert not (tmp_path / "model_avg").exists()
 
 
-def test_early_stopping_is_transformers_own():
-    assert EarlyStoppingCallback is transformers.EarlyStoppingCallback
-    assert set(callbacks_module.__all__) >= {
-        "NBestCheckpointCallback",
-        "FileLoggerCallback",
-        "CurvePlotCallback",
-        "EarlyStoppingCallback",
+# ------------------------------------------------------------------------------------------------------
+# FunASR's epoch-end validation and early stopping counted in epochs
+# ------------------------------------------------------------------------------------------------------
+PER_EPOCH = 5  # 40 examples / batch 8
+
+
+class StopAt(TrainerCallback):
+    """Ends a session after `step` (as if killed right after that step's checkpoint)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def epoch_trainer(output_dir: Path, *callbacks, epochs: int = 3, **overrides) -> Trainer:
+    torch.manual_seed(0)
+    options = dict(num_train_epochs=epochs, max_steps=-1, eval_steps=3, save_steps=3, load_best_model_at_end=False)
+    options.update(overrides)
+    return Trainer(
+        model=TinyRegressor(),
+        args=training_args(output_dir, **options),
+        train_dataset=RegressionData(8 * PER_EPOCH, seed=1),
+        eval_dataset=RegressionData(16, seed=2),
+        compute_metrics=compute_metrics,
+        callbacks=list(callbacks),
+    )
+
+
+def eval_steps_of(trainer: Trainer) -> list[int]:
+    return [entry["step"] for entry in trainer.state.log_history if "eval_loss" in entry]
+
+
+def test_epoch_end_is_validated_and_saved_once(tmp_path):
+    """eval/save every 3 steps, epochs of 5: the epoch ends 5 and 10 are validated and saved too; 15 is both an
+    epoch end and a multiple of 3: once. Without the callback only the multiples of 3 (and the last step)."""
+    trainer = epoch_trainer(tmp_path / "with", EpochEndValidationCallback())
+    trainer.train()
+    assert eval_steps_of(trainer) == [3, 5, 6, 9, 10, 12, 15]
+    assert checkpoint_steps(tmp_path / "with") == {3, 5, 6, 9, 10, 12, 15}
+    epochs = {
+        s: json.loads((tmp_path / "with" / f"checkpoint-{s}" / "trainer_state.json").read_text())["epoch"]
+        for s in (5, 10)
     }
+    assert epochs == {5: 1.0, 10: 2.0}  # FunASR's model.pt.ep1, model.pt.ep2
+
+    plain = epoch_trainer(tmp_path / "without")
+    plain.train()
+    assert eval_steps_of(plain) == [3, 6, 9, 12, 15]
+
+    # eval_strategy "epoch" already evaluates at epoch ends: still once per step
+    by_epoch = epoch_trainer(
+        tmp_path / "epoch", EpochEndValidationCallback(), eval_strategy="epoch", save_strategy="epoch"
+    )
+    by_epoch.train()
+    assert eval_steps_of(by_epoch) == [5, 10, 15]
+    assert checkpoint_steps(tmp_path / "epoch") == {5, 10, 15}
+
+
+def test_early_stopping_counts_epochs_not_evaluations(tmp_path):
+    """learning rate 0: the validation loss never changes, so only epoch 1 improves (on nothing). Patience 2
+    stops after epoch 3 (step 15 of 30) although the validations every 3 steps would have run out of patience
+    at step 5 if they counted; the stopping epoch's checkpoint is written."""
+    stopper = EpochEarlyStoppingCallback(early_stopping_patience=2)
+    trainer = epoch_trainer(tmp_path, EpochEndValidationCallback(), stopper, epochs=6, learning_rate=0.0)
+    trainer.train()
+    assert trainer.state.global_step == 3 * PER_EPOCH
+    assert [(h["epoch"], h["step"]) for h in stopper.history] == [(1, 5), (2, 10), (3, 15)]
+    assert stopper.epochs_no_improve == 2 and stopper.best == pytest.approx(stopper.history[0]["value"])
+    assert max(checkpoint_steps(tmp_path)) == 15
+    saved = json.loads((tmp_path / "checkpoint-15" / "trainer_state.json").read_text())
+    assert saved["stateful_callbacks"]["EpochEarlyStoppingCallback"]["attributes"]["epochs_no_improve"] == 2
+
+    # patience 0: off (all 6 epochs), the values still tracked
+    off = EpochEarlyStoppingCallback(early_stopping_patience=0)
+    full = epoch_trainer(tmp_path / "off", EpochEndValidationCallback(), off, epochs=6, learning_rate=0.0)
+    full.train()
+    assert full.state.global_step == 6 * PER_EPOCH and off.epochs_no_improve == 5
+
+
+def test_early_stopping_improvement_resets_the_count(tmp_path):
+    """A strict improvement resets the count; equal or NaN values do not (FunASR's `<`)."""
+    stopper = EpochEarlyStoppingCallback(early_stopping_patience=2)
+    control = transformers.TrainerControl()
+    state = transformers.TrainerState()
+    stopper.on_train_begin(None, state, control)
+    for epoch, value in enumerate([3.0, 2.0, 2.0, 1.5, float("nan"), 1.5], start=1):
+        state.epoch, state.global_step = float(epoch), epoch * 10
+        stopper.on_evaluate(None, state, control, metrics={"eval_loss": value})
+    assert [h["value"] for h in stopper.history][:4] == [3.0, 2.0, 2.0, 1.5]
+    assert stopper.history[4]["value"] is None  # NaN: not stored as a number
+    assert stopper.best == 1.5 and stopper.epochs_no_improve == 2 and control.should_training_stop
+    # evaluations inside an epoch (state.epoch not whole) are not counted
+    inside = EpochEarlyStoppingCallback(early_stopping_patience=1)
+    inside.on_train_begin(None, transformers.TrainerState(), control := transformers.TrainerControl())
+    state = transformers.TrainerState(epoch=0.6, global_step=3)
+    inside.on_evaluate(None, state, control, metrics={"eval_loss": 1.0})
+    assert inside.history == [] and not control.should_training_stop
+
+
+def test_early_stopping_count_survives_a_resume(tmp_path):
+    """Killed after epoch 2 (count 1), resumed with a FRESH callback: the count comes back from the checkpoint and
+    training stops after epoch 3. (FunASR restarts the count: it would stop after epoch 5.) Checkpoints every
+    epoch, validations every 3 steps: the epoch end is validated before its checkpoint is written, so the
+    checkpoint holds that epoch's count."""
+    first = epoch_trainer(
+        tmp_path,
+        EpochEndValidationCallback(),
+        EpochEarlyStoppingCallback(early_stopping_patience=2),
+        StopAt(2 * PER_EPOCH),
+        epochs=8,
+        learning_rate=0.0,
+        save_steps=PER_EPOCH,
+    )
+    first.train()
+    assert first.state.global_step == 10
+    stopper = EpochEarlyStoppingCallback(early_stopping_patience=2)
+    resumed = epoch_trainer(
+        tmp_path,
+        EpochEndValidationCallback(),
+        stopper,
+        epochs=8,
+        learning_rate=0.0,
+        save_steps=PER_EPOCH,
+    )
+    resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-10"))
+    assert [h["epoch"] for h in stopper.history] == [1, 2, 3]
+    assert resumed.state.global_step == 3 * PER_EPOCH
+
+
+# ------------------------------------------------------------------------------------------------------
+# n-best without validation data: the newest; ranking direction of "acc"
+# ------------------------------------------------------------------------------------------------------
+def test_nbest_without_validation_keeps_and_averages_the_newest(tmp_path):
+    nbest = NBestCheckpointCallback(keep_nbest_models=2, avg_nbest_model=3, metric=None)
+    torch.manual_seed(0)
+    trainer = Trainer(
+        model=TinyRegressor(),
+        args=training_args(
+            tmp_path, 12, eval_strategy="no", save_steps=2, load_best_model_at_end=False, metric_for_best_model=None
+        ),
+        train_dataset=RegressionData(128, seed=1),
+        callbacks=[nbest],
+    )
+    trainer.train()
+    assert checkpoint_steps(tmp_path) == {8, 10, 12}  # max(keep, avg): the average keeps its inputs
+    summary = json.loads((tmp_path / "nbest.json").read_text())
+    assert summary["ranked_by"] == "recency" and [e["step"] for e in summary["averaged"]] == [12, 10, 8]
+    expected = fp32_mean([tmp_path / f"checkpoint-{s}" / "model.safetensors" for s in (12, 10, 8)])
+    averaged = load_file(str(tmp_path / "model_avg" / "model.safetensors"))
+    for key in expected:
+        torch.testing.assert_close(averaged[key], expected[key], rtol=1e-6, atol=1e-7)
+
+
+def test_nbest_higher_is_better_for_acc(trained, tmp_path):
+    """FunASR's avg_keep_nbest_models_type: acc ranks the highest first, loss/cer the lowest."""
+    assert NBEST_METRICS == {"cer": ("eval_cer", False), "acc": ("eval_acc", True), "loss": ("eval_loss", False)}
+    trainer, _, _ = trained
+    scores = cer_by_step(trainer.state.log_history)
+    higher = NBestCheckpointCallback(metric="eval_cer", greater_is_better=True)._rank(scores)
+    lower = NBestCheckpointCallback(metric="eval_cer", greater_is_better=False)._rank(scores)
+    assert higher == sorted(scores, key=lambda step: (-scores[step], step)) and lower == ranked_steps(scores)
+
+
+# ------------------------------------------------------------------------------------------------------
+# train.log for the whole run
+# ------------------------------------------------------------------------------------------------------
+def test_train_log_covers_the_run_and_its_error(tmp_path, caplog):
+    """Records of every logger from the start (root, the package, transformers), the metric lines of a Trainer
+    run through the same handler (no duplicate warnings), and an error with its traceback, re-raised."""
+    path = tmp_path / "train.log"
+    with caplog.at_level(logging.INFO), pytest.raises(ValueError, match="bad manifest"):  # as finetune.py's basicConfig
+        with TrainLog(path) as log:
+            logging.getLogger("finetune").info("loading data")
+            logging.getLogger("funasr_nano_hf.tests").warning("package-warning")
+            transformers.utils.logging.get_logger("transformers.trainer").warning("transformers-warning")
+            trainer = Trainer(
+                model=TinyRegressor(),
+                args=training_args(
+                    tmp_path / "run",
+                    4,
+                    eval_strategy="no",
+                    save_strategy="no",
+                    load_best_model_at_end=False,
+                    metric_for_best_model=None,
+                ),
+                train_dataset=RegressionData(64, seed=1),
+                callbacks=[FileLoggerCallback(path), EmitWarnings()],
+            )
+            trainer.train()
+            raise ValueError("bad manifest: line 3")
+    text = path.read_text(encoding="utf-8")
+    assert text.index("run started") < text.index("loading data") < text.index("| step 2 |")
+    assert "| WARNING | funasr_nano_hf.tests | package-warning" in text
+    assert "| WARNING | transformers.trainer | transformers-warning" in text
+    assert text.count("marker-from-funasr-nano-hf") == 1  # one handler: no duplicates
+    assert "| ERROR | rank 0 | run failed: ValueError: bad manifest: line 3" in text
+    assert "Traceback (most recent call last):" in text and 'raise ValueError("bad manifest: line 3")' in text
+    assert log.handler is None
+    for name in (None, "transformers"):
+        assert not [h for h in logging.getLogger(name).handlers if getattr(h, "baseFilename", None) == str(path)]
+
+
+# ------------------------------------------------------------------------------------------------------
+# FunASR's validation accuracy
+# ------------------------------------------------------------------------------------------------------
+def test_token_accuracy_is_funasrs():
+    from funasr.metrics.compute_acc import compute_accuracy
+
+    from funasr_nano_hf.training.trainer import token_accuracy
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 9, 5, generator=generator)
+    labels = torch.randint(0, 5, (3, 9), generator=generator)
+    labels[:, :4] = -100  # prompt
+    labels[2, 7:] = -100  # padding
+    labels[0, 5:8] = logits[0, 4:7].argmax(-1)  # some right predictions
+    expected = compute_accuracy(logits.argmax(-1)[:, :-1], labels[:, 1:], ignore_label=-100)
+    assert token_accuracy(logits, labels) == pytest.approx(float(expected)) and float(expected) > 0
+    assert token_accuracy(logits, torch.full_like(labels, -100)) is None

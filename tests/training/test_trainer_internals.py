@@ -31,6 +31,7 @@ def test_private_trainer_methods_keep_their_signatures():
     assert _parameters(Trainer._get_output_dir) == ["self", "trial"]
     assert _parameters(Trainer._save_checkpoint) == ["self", "model", "trial"]
     assert _parameters(Trainer._push_from_checkpoint) == ["self", "checkpoint_folder"]
+    assert _parameters(Trainer._load_from_checkpoint)[:2] == ["self", "resume_from_checkpoint"]
     # our overrides accept what the Trainer passes them
     assert _parameters(FunAsrNanoTrainer._get_output_dir) == _parameters(Trainer._get_output_dir)
     assert _parameters(FunAsrNanoTrainer._save_checkpoint) == _parameters(Trainer._save_checkpoint)
@@ -62,6 +63,7 @@ def test_rotate_checkpoints_keeps_its_keywords():
             "evaluation_loop",
             ["self", "dataloader", "description", "prediction_loss_only", "ignore_keys", "metric_key_prefix"],
         ),
+        ("prediction_step", ["self", "model", "inputs", "prediction_loss_only", "ignore_keys"]),
     ],
 )
 def test_public_hooks_we_override_keep_their_parameters(name, parameters):
@@ -76,6 +78,7 @@ def test_helpers_name_the_checked_versions():
         trainer_module._write_trainer_checkpoint,
         trainer_module._push_checkpoint,
         trainer_module._rotate_checkpoints,
+        trainer_module._load_model_weights,
     ):
         assert "transformers 5.23.0" in helper.__doc__
     assert "accelerate 1.15.0" in trainer_module._undo_accelerate_sharding.__doc__
