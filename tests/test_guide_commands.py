@@ -68,7 +68,7 @@ GUIDE_METHOD_3 = """python src/FunASR/funasr/bin/train_ds.py \\
 # (checkpoints are model.pt.ep*): ours are complete `checkpoint-<step>` folders.
 GUIDE_OUTPUT_FILES = ("train.log", "config.yaml")
 # The guide's `model.pt  # 最终模型` (final model). Set True once the final model.pt is written (issue 10, part C).
-CHECK_FINAL_MODEL_PT = False
+CHECK_FINAL_MODEL_PT = True
 
 # Shortening (8 training clips, batch 4: 2 steps): one epoch, validated and saved after step 2.
 SHORT_METHOD_3 = " ++train_conf.max_epoch=1 ++train_conf.validate_interval=2 ++train_conf.save_checkpoint_interval=2"
