@@ -65,6 +65,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .averaging import average_checkpoints
 from .checkpointing import adopt_checkpoint, atomic_write_bytes, complete_checkpoints, remove_directory
+from .secrets import redact_argv
 
 logger = logging.getLogger(__name__)
 
@@ -393,7 +394,8 @@ class EpochEndValidationCallback(TrainerCallback):
             control.should_save = step not in self._saved
 
     def on_step_end(self, args, state, control, **kwargs):
-        pass
+        if _at_epoch_end(state):
+            self._request(args, state, control)
         return control
 
     def on_epoch_end(self, args, state, control, **kwargs):
@@ -602,7 +604,7 @@ class TrainLog:
             for name in self.logger_names:
                 logging.getLogger(name or None).addHandler(handler)
             self.handler = handler
-            logging.getLogger(__name__).info("run started: %s", " ".join(sys.argv))
+            logging.getLogger(__name__).info("run started: %s", " ".join(redact_argv(sys.argv)))
         return self
 
     def __exit__(

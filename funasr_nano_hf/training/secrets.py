@@ -70,6 +70,26 @@ class _SecretFreePickling:
 _PROTECTED_CLASSES: dict[type, type] = {}
 
 
+def redact_argv(argv: list[str]) -> list[str]:
+    """A command line with the values of secret-named options (``--hub_token X``, ``--hub_token=X``) replaced by
+    `REDACTED`, for logs."""
+    redacted: list[str] = []
+    hide_next = False
+    for arg in argv:
+        if hide_next:
+            redacted.append(REDACTED)
+            hide_next = False
+        elif arg.startswith("-") and is_secret_name(arg.lstrip("-").split("=", 1)[0].replace("-", "_")):
+            if "=" in arg:
+                redacted.append(f"{arg.split('=', 1)[0]}={REDACTED}")
+            else:
+                redacted.append(arg)
+                hide_next = True
+        else:
+            redacted.append(arg)
+    return redacted
+
+
 def protect_secrets(args: Any) -> Any:
     """Make `args` (a `TrainingArguments` or any dataclass instance) pickle without its secrets, in place.
 
@@ -86,4 +106,4 @@ def protect_secrets(args: Any) -> Any:
     return args
 
 
-__all__ = ["REDACTED", "is_secret_name", "protect_secrets", "redact", "secret_fields"]
+__all__ = ["REDACTED", "is_secret_name", "protect_secrets", "redact", "redact_argv", "secret_fields"]

@@ -621,10 +621,11 @@ def test_nbest_higher_is_better_for_acc(trained, tmp_path):
 # ------------------------------------------------------------------------------------------------------
 # train.log for the whole run
 # ------------------------------------------------------------------------------------------------------
-def test_train_log_covers_the_run_and_its_error(tmp_path, caplog):
+def test_train_log_covers_the_run_and_its_error(tmp_path, caplog, monkeypatch):
     """Records of every logger from the start (root, the package, transformers), the metric lines of a Trainer
     run through the same handler (no duplicate warnings), and an error with its traceback, re-raised."""
     path = tmp_path / "train.log"
+    monkeypatch.setattr("sys.argv", ["finetune.py", "--hub_token", "hf_SECRET1", "--api-key=SECRET2", "--lr", "0.1"])
     with caplog.at_level(logging.INFO), pytest.raises(ValueError, match="bad manifest"):  # as finetune.py's basicConfig
         with TrainLog(path) as log:
             logging.getLogger("finetune").info("loading data")
@@ -647,6 +648,8 @@ def test_train_log_covers_the_run_and_its_error(tmp_path, caplog):
             raise ValueError("bad manifest: line 3")
     text = path.read_text(encoding="utf-8")
     assert text.index("run started") < text.index("loading data") < text.index("| step 2 |")
+    assert "run started: finetune.py --hub_token <redacted> --api-key=<redacted> --lr 0.1" in text
+    assert "SECRET" not in text
     assert "| WARNING | funasr_nano_hf.tests | package-warning" in text
     assert "| WARNING | transformers.trainer | transformers-warning" in text
     assert text.count("marker-from-funasr-nano-hf") == 1  # one handler: no duplicates
