@@ -547,13 +547,13 @@ def choose_scheduler(finetune_args: FinetuneArguments, training_args: TrainingAr
     --scheduler warmuplr and --lr_scheduler_type is a contradiction."""
     if "lr_scheduler_type" in explicit:
         if "scheduler" in explicit and finetune_args.scheduler == WARMUPLR:
-            raise ValueError(
+            raise OptionError(
                 f"--scheduler warmuplr and --lr_scheduler_type {training_args.lr_scheduler_type.value} both given: "
                 "drop one (--lr_scheduler_type selects transformers' schedule, --scheduler warmuplr FunASR's)"
             )
         finetune_args.scheduler = HF_SCHEDULER
     if finetune_args.scheduler == WARMUPLR and training_args.warmup_steps <= 0:
-        raise ValueError(
+        raise OptionError(
             f"--warmup_steps {training_args.warmup_steps:g}: FunASR's warmuplr needs a warm-up of at least 1 "
             "optimizer update (it divides by it); for a constant lr give --lr_scheduler_type constant"
         )

@@ -476,9 +476,9 @@ def test_funasr_optimisation_by_default_transformers_schedule_on_request():
     assert training.optim == "adamw_torch_fused"
     _, _, finetune, _ = parse_args(BASE + ["--scheduler", "hf"])
     assert finetune.scheduler == "hf"
-    with pytest.raises(ValueError, match="--scheduler warmuplr and --lr_scheduler_type cosine both given"):
+    with pytest.raises(OptionError, match="--scheduler warmuplr and --lr_scheduler_type cosine both given"):
         parse_args(BASE + ["--scheduler", "warmuplr", "--lr_scheduler_type", "cosine"])
-    with pytest.raises(ValueError, match="--warmup_steps 0: FunASR's warmuplr needs a warm-up"):
+    with pytest.raises(OptionError, match="--warmup_steps 0: FunASR.s warmuplr needs a warm-up"):
         parse_args(BASE + ["--warmup_steps", "0"])
     _, _, finetune, training = parse_args(BASE + ["--warmup_steps", "0", "--lr_scheduler_type", "constant"])
     assert finetune.scheduler == "hf" and training.warmup_steps == 0

@@ -30,7 +30,7 @@ RECIPE = (
 # 8 train clips, batch 4: 2 steps per epoch; validations every 3 steps and at every epoch end
 SMALL = (
     "--per_device_train_batch_size 4 --per_device_eval_batch_size 6 --log_interval 1 --warmup_steps 0 "
-    "--eval_max_new_tokens 2 --use_cpu --seed 7 --num_workers 0"
+    "--lr_scheduler_type linear --eval_max_new_tokens 2 --use_cpu --seed 7 --num_workers 0"
 ).split()
 
 
