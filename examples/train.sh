@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 if [ -z "${VIRTUAL_ENV:-}" ]; then
   source scripts/venv.sh
 fi
+source scripts/gpu_env.sh  # DS_ACCELERATOR=cpu only without a visible GPU (also in your own venv)
 
 model_dir=${MODEL_DIR:-Fun-ASR-Nano-2512}           # original FunASR folder (or an HF folder)
 train_data=${TRAIN_DATA:-data/train.jsonl}

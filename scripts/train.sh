@@ -14,6 +14,9 @@ OUTPUT_DIR=${OUTPUT_DIR:-exp/funasr_nano_finetune}
 CONFIG_FILE=${CONFIG_FILE:-$ROOT/examples/conf/train_funasr_nano.yaml}
 NUM_PROCESSES=${NUM_PROCESSES:-1}              # >1: one process per GPU (DDP)
 PYTHON=${PYTHON:-python}
+# DS_ACCELERATOR=cpu only without a visible GPU
+# shellcheck source=scripts/gpu_env.sh
+source "$ROOT/scripts/gpu_env.sh"
 
 # Data conversion (optional), {"key","wav","txt"} -> {"source","target","source_len","target_len"}:
 # "$PYTHON" "$ROOT/scripts/convert_data_format.py" --input data/train_raw.jsonl --output "$TRAIN_DATA"
