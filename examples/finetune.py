@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,7 @@ from funasr_nano_hf.training.checkpointing import checkpoint_problem, newest_com
 from funasr_nano_hf.training.funasr_model import funasr_export_command, write_funasr_model
 from funasr_nano_hf.training.model_card import CardInfo
 from funasr_nano_hf.training.model_setup import prepare_model_for_finetuning
+from funasr_nano_hf.training.precision import apply_precision, check_training_device, checkpoint_llm_dtype
 from funasr_nano_hf.training.trainer import FunAsrNanoTrainer
 
 logger = logging.getLogger("finetune")
@@ -64,6 +66,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     # 1. Parse arguments (guide defaults applied, DeepSpeed config / evaluation defaults / world size finalized)
     try:
         model_args, data_args, finetune_args, training_args = parse_args(argv)
+        check_training_device(training_args.use_cpu)  # GPUs torch cannot see: stop, do not train on CPU
     except OptionError as err:
         raise SystemExit(f"finetune.py: error: {err}") from None
 
@@ -92,7 +95,15 @@ def _finetune(
     # 3. Load model and processor (a hub id is downloaded first, by one process)
     with training_args.main_process_first(desc="model download"):
         model_dir = resolve_model_dir(model_args.model_dir, hub=model_args.hub, revision=model_args.model_revision)
-    model, processor = load_pretrained(model_dir)
+    model, processor = load_pretrained(model_dir, attn_implementation=model_args.attn_implementation)
+    try:  # --llm_dtype auto -> the checkpoint's on CUDA; bf16/fp16 -> the Trainer's autocast (+ GradScaler)
+        _, notes = apply_precision(model_args, training_args, checkpoint_llm_dtype(model.config))
+    except OptionError as err:
+        raise SystemExit(f"finetune.py: error: {err}") from None
+    for note in notes:
+        logger.info("precision: %s", note)
+    if training_args.process_index == 0:  # the resolved llm_dtype and mixed precision
+        save_resolved_config(out / "config.yaml", model_args, data_args, finetune_args, training_args)
 
     # 4. Load and featurize data
     data_config = DataConfig.from_args(data_args)
@@ -105,13 +116,20 @@ def _finetune(
                 valid_set = valid_set.select(range(min(data_args.max_eval_samples, len(valid_set))))
     logger.info("train data: %s", train_report.format(MAX_PROBLEMS_SHOWN))
 
-    # 5. Prepare the model (freezing/LoRA); with a frozen audio path, its output is computed once
+    # 5. Prepare the model (freezing/LoRA, fp32 master weights); with a frozen audio path, its output is computed
+    # once, on the training device, each process its own shard
     model = prepare_model_for_finetuning(model, model_args)
     if data_args.cache_frozen_audio:
-        from funasr_nano_hf.training.frozen_cache import add_audio_embeddings
+        from funasr_nano_hf.training.frozen_cache import add_audio_embeddings_sharded
 
-        with training_args.main_process_first(desc="caching frozen audio embeddings"):
-            train_set = add_audio_embeddings(train_set, model)
+        model.to(training_args.device)
+        train_set = add_audio_embeddings_sharded(
+            train_set,
+            model,
+            rank=training_args.process_index,
+            world_size=training_args.world_size,
+            wait_for_all=_patient_barrier(),
+        )
 
     # 6. Build the Trainer
     callbacks = _callbacks(finetune_args, out, validating=valid_set is not None)
@@ -151,6 +169,25 @@ def _finetune(
     if training_args.push_to_hub:
         trainer.push_to_hub(commit_message="funasr_nano_hf fine-tune")
     return metrics
+
+
+def _patient_barrier() -> Callable[[], None]:
+    """A barrier that waits for every process however long the slowest takes: a gloo group with a day's timeout
+    (the default group's ``ddp_timeout`` would end a run whose slowest rank embeds for longer). The group is made
+    now, while the processes are together; the returned call waits once, then releases it."""
+    import datetime
+
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return lambda: None
+    group = dist.new_group(backend="gloo", timeout=datetime.timedelta(days=1))
+
+    def wait() -> None:
+        dist.barrier(group=group)
+        dist.destroy_process_group(group)
+
+    return wait
 
 
 def _from_main_process(trainer: FunAsrNanoTrainer, value: Any) -> Any:

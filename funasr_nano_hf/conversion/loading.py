@@ -369,18 +369,33 @@ def load_pretrained(
     device: str | torch.device = "cpu",
     hub: str = "hf",
     revision: str | None = None,
+    attn_implementation: str | None = None,
 ) -> tuple[FunAsrNanoHfForConditionalGeneration, FunAsrNanoHfProcessor]:
     """(model, processor) from an original FunASR folder or an HF folder, detected from the files; a hub model
     id (e.g. ``"FunAudioLLM/Fun-ASR-Nano-2512"``) is downloaded first (`resolve_model_dir`: `hub` "hf" or
     "ms", `revision`).
 
     dtype is the LLM's (the audio encoder/adaptor stay fp32). None: fp32 for an original folder (as
-    FunASR's inference runs), the stored dtype for an HF folder.
+    FunASR's inference runs), the stored dtype for an HF folder. `attn_implementation` is the LLM's attention
+    (transformers' names, e.g. "flash_attention_2"; `set_llm_attention`); None keeps the default.
     """
     path = resolve_model_dir(path, hub=hub, revision=revision)
     if detect_layout(path) == "original":
-        return load_original(path, dtype=dtype or torch.float32, device=device)
-    return load_hf(path, dtype=dtype, device=device)
+        model, processor = load_original(path, dtype=dtype or torch.float32, device=device)
+    else:
+        model, processor = load_hf(path, dtype=dtype, device=device)
+    if attn_implementation is not None:
+        set_llm_attention(model, attn_implementation)
+    return model, processor
+
+
+def set_llm_attention(model: FunAsrNanoHfForConditionalGeneration, attn_implementation: str) -> None:
+    """The LLM's attention implementation (e.g. "flash_attention_2", which needs fp16/bf16 and a GPU); the fp32
+    audio encoder and adaptor keep theirs (SDPA). transformers checks that the implementation is available."""
+    try:
+        model.model.language_model.set_attn_implementation(attn_implementation)
+    except (ImportError, ValueError) as err:
+        raise ValueError(f"--attn_implementation {attn_implementation} (the LLM's attention): {err}") from err
 
 
 def save_hf_folder(

@@ -5,12 +5,14 @@ Thin subclasses; each change makes the output match FunASR's (measured against F
 - the LLM receives the FIRST ceil(T_lfr/8) adaptor frames of each clip (`audio_token_rule`);
 - RoPE inverse frequencies are rounded to bf16 as FunASR's build-time cast leaves them;
 - the audio encoder and adaptor stay fp32 whatever dtype the LLM runs in (FunASR keeps them fp32;
-  the adaptor's activations reach |x| ~ 1e3 and overflow in fp16).
+  the adaptor's activations reach |x| ~ 1e3 and overflow in fp16), and compute in their weights' dtype with
+  autocast off (FunASR autocasts only the LLM), so `--bf16`/`--fp16` mixed precision leaves them in fp32.
 The adaptor LayerNorm eps (1e-12) is a config value.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -100,10 +102,24 @@ class FunAsrNanoHfModel(FunAsrNanoModel):
     ) -> FunAsrNanoHfAudioOutput:
         """Encoder + adaptor; `pooler_output` holds the frames the LLM sees, clip after clip."""
         kwargs.pop("return_dict", None)  # always a ModelOutput here
-        encoder_outputs = self.audio_tower(
-            input_features=input_features, input_features_mask=input_features_mask, return_dict=True, **kwargs
+        device_type = input_features.device.type
+        autocast_off = (
+            torch.autocast(device_type, enabled=False)
+            if torch.amp.is_autocast_available(device_type)
+            else (contextlib.nullcontext())
         )
-        adaptor_out = self.multi_modal_projector(encoder_outputs.last_hidden_state, input_features_mask, **kwargs)
+        with autocast_off:  # the audio path computes in its weights' dtype (fp32), whatever autocast is around
+            encoder_outputs = self.audio_tower(
+                input_features=input_features.to(next(self.audio_tower.parameters()).dtype),
+                input_features_mask=input_features_mask,
+                return_dict=True,
+                **kwargs,
+            )
+            adaptor_out = self.multi_modal_projector(
+                encoder_outputs.last_hidden_state.to(self.multi_modal_projector.linear_1.weight.dtype),
+                input_features_mask,
+                **kwargs,
+            )
         mask = input_features_mask.to(device=adaptor_out.device, dtype=torch.bool)
         lengths = audio_token_count(mask.sum(-1), self.config.audio_token_rule)
         positions = torch.arange(adaptor_out.shape[1], device=adaptor_out.device)

@@ -61,8 +61,19 @@ class ModelArguments:
     )
     model_revision: str | None = field(default=None, metadata={"help": "branch, tag or commit of a hub model id"})
     llm_dtype: str = field(
-        default="fp32",
-        metadata={"help": "fp32 | bf16 | fp16: the dtype the LLM computes in (audio encoder and adaptor stay fp32)"},
+        default="auto",
+        metadata={
+            "help": "auto | fp32 | bf16 | fp16: the dtype the LLM computes in, under autocast (bf16 turns on --bf16, "
+            "fp16 --fp16 with a GradScaler); the audio encoder and adaptor compute in fp32 and trained parameters "
+            "keep fp32 master weights. auto: the checkpoint's llm_dtype on CUDA (bf16 for Fun-ASR-Nano), fp32 on CPU"
+        },
+    )
+    attn_implementation: str | None = field(
+        default=None,
+        metadata={
+            "help": "the LLM's attention: sdpa | eager | flash_attention_2 | ... (transformers' names); the fp32 "
+            "audio encoder keeps its own (sdpa). None: transformers' default"
+        },
     )
     freeze_audio_encoder: bool = field(default=True)
     freeze_audio_adaptor: bool = field(default=True)
@@ -191,6 +202,15 @@ RUN_TRAINING_DEFAULTS = {
     "save_total_limit": None,
     "remove_unused_columns": False,
     "report_to": [],
+    # DDP: every trainable parameter gets a gradient at every step (LoRA on every LLM layer, trained modules all in
+    # the forward pass), so the per-step search for unused ones is waste (transformers turns it on for a PeftModel);
+    # FunASR's find_unused_parameters is false too. The buffers (positional tables, RoPE frequencies) are constants,
+    # identical on every rank: broadcasting them at every forward is waste.
+    "ddp_find_unused_parameters": False,
+    "ddp_broadcast_buffers": False,
+    # The Trainer's NaN filter of the logged loss syncs the host at every micro-batch; the non-finite guard checks
+    # once per optimizer step instead (a skipped batch's loss is logged as 0).
+    "logging_nan_inf_filter": False,
 }
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, FinetuneArguments, TrainingArguments)
@@ -562,9 +582,14 @@ def choose_scheduler(finetune_args: FinetuneArguments, training_args: TrainingAr
 def finalize_training_args(
     training_args: TrainingArguments, validating: bool, explicit: Collection[str] = (), metric: str = "eval_cer"
 ) -> TrainingArguments:
-    """The last adjustments once every option is known: DeepSpeed config, evaluation defaults (the options in
-    `explicit` were given and are kept), world-size check."""
+    """The last adjustments once every option is known: DeepSpeed config (DeepSpeed fp16 refused, see
+    `precision.apply_precision`), evaluation defaults (the options in `explicit` were given and are kept),
+    world-size check. The LLM dtype and its mixed precision are settled once the model folder is known
+    (`precision.apply_precision`)."""
+    from .precision import check_deepspeed_precision
+
     refill_deepspeed_config(training_args)
+    check_deepspeed_precision(training_args)
     apply_evaluation_defaults(training_args, validating, explicit, metric)
     check_launched_world_size(training_args)
     return training_args

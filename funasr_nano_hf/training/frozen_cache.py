@@ -5,11 +5,17 @@ here (see `FunAsrNanoHfForConditionalGeneration.train`), so their output for an 
 the LLM-visible audio embeddings (the first ceil(T_lfr/8) adaptor frames) are computed once with
 `Dataset.map` and stored with the dataset (cached by datasets, keyed on the data and on the audio weights).
 Training then skips the 70-layer encoder, which is most of a LoRA step's compute.
+
+The audio path computes in fp32 with autocast off whether cached or not (`FunAsrNanoHfModel.get_audio_features`), so
+cached and uncached features are the same under ``--bf16``/``--fp16``. With several processes each rank caches its
+own contiguous shard (`add_audio_embeddings_sharded`), on the training device, and then reads the others' from the
+datasets cache: nobody sits in a collective while one process embeds the whole set.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 import datasets
 import torch
@@ -71,3 +77,25 @@ def add_audio_embeddings(dataset: datasets.Dataset, model: nn.Module, batch_size
         new_fingerprint=fingerprint,
         desc="caching frozen audio embeddings",
     )
+
+
+def add_audio_embeddings_sharded(
+    dataset: datasets.Dataset,
+    model: nn.Module,
+    *,
+    rank: int,
+    world_size: int,
+    wait_for_all: Callable[[], None],
+    batch_size: int = 8,
+) -> datasets.Dataset:
+    """`add_audio_embeddings` with the work split over `world_size` processes: this rank embeds its contiguous shard
+    (written to the datasets cache), `wait_for_all()` waits for every rank to finish its own, then the other shards
+    are read from the cache (computed here if a process cannot see the others' cache files, e.g. multi-node without
+    a shared filesystem) and all are concatenated in dataset order. Every rank returns the same dataset."""
+    if world_size <= 1 or len(dataset) < world_size:
+        return add_audio_embeddings(dataset, model, batch_size)
+    shards = [dataset.shard(num_shards=world_size, index=i, contiguous=True) for i in range(world_size)]
+    own = add_audio_embeddings(shards[rank], model, batch_size)
+    wait_for_all()
+    parts = [own if i == rank else add_audio_embeddings(shard, model, batch_size) for i, shard in enumerate(shards)]
+    return datasets.concatenate_datasets(parts)

@@ -1,7 +1,7 @@
 """Freezing, LLM dtype and LoRA (peft) for fine-tuning, as FunASR's recipes set them up.
 
 `llm_dtype` is the dtype the LLM computes in: the language model (and its tied `lm_head`) is cast to it, while
-the audio encoder and adaptor stay fp32.
+the audio encoder and adaptor stay fp32; whatever trains keeps fp32 master weights (`precision`).
 
 LoRA together with a trained module (FunASR's default trains the adaptor: `audio_adaptor_conf.freeze: false`):
 every module the run trains besides the LoRA matrices is a peft ``modules_to_save`` entry, so the adapter
@@ -20,6 +20,7 @@ from torch import nn
 
 from ..models.configuration_funasr_nano import DTYPES
 from .arguments import ModelArguments
+from .precision import checkpoint_llm_dtype, resolve_llm_dtype, upcast_trained_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -49,10 +50,11 @@ def modules_to_save(model: nn.Module, args: ModelArguments) -> list[str]:
 
 def prepare_model_for_finetuning(model: nn.Module, args: ModelArguments) -> nn.Module:
     """The model to train (a `PeftModel` when `use_lora`): the LLM cast to `llm_dtype` (the dtype it computes in;
-    the audio encoder and adaptor stay fp32), the frozen parts frozen, gradient checkpointing, LoRA."""
-    if args.llm_dtype not in DTYPES:
-        raise ValueError(f"llm_dtype must be one of {sorted(DTYPES)}, got {args.llm_dtype!r}")
-    dtype = DTYPES[args.llm_dtype]
+    the audio encoder and adaptor stay fp32), the frozen parts frozen, gradient checkpointing, LoRA; trained
+    parameters in fp32 (master weights; the LLM computes in `llm_dtype` under the Trainer's autocast). ``auto``
+    resolves for the model's device (`precision.resolve_llm_dtype`)."""
+    llm_dtype = resolve_llm_dtype(args.llm_dtype, checkpoint_llm_dtype(model.config), model.device.type)
+    dtype = DTYPES[llm_dtype]
     model.model.language_model.to(dtype)
     model.lm_head.to(dtype)  # tied to the embeddings: same tensor
     parts = {
@@ -82,6 +84,9 @@ def prepare_model_for_finetuning(model: nn.Module, args: ModelArguments) -> nn.M
         # get_peft_model freezes everything but the adapters and trainable copies of `saved` (the originals stay
         # frozen and unused).
         model = get_peft_model(model, lora)
+    upcast = upcast_trained_parameters(model)
+    if upcast:
+        logger.info("%d trained %s parameter tensors kept in fp32 (master weights)", len(upcast), llm_dtype)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     if trainable == 0:

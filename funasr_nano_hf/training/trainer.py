@@ -52,8 +52,9 @@ from .checkpointing import (
     remove_stale_temporaries,
     vet_checkpoint,
 )
-from .nonfinite import NonFiniteGuard, SkipBatch
+from .nonfinite import NonFiniteGuard
 from .oom import BatchShape, out_of_memory_guard
+from .precision import install_grad_scaler
 from .schedulers import SCHEDULERS, WARMUPLR, get_warmuplr_schedule
 from .secrets import protect_secrets
 
@@ -238,6 +239,8 @@ class FunAsrNanoTrainer(Trainer):
       (`nonfinite.NonFiniteGuard`).
     * `scheduler` -- ``"warmuplr"`` (default): FunASR's learning-rate schedule (`schedulers`), warm-up length
       ``args.warmup_steps``; ``"hf"``: transformers' ``args.lr_scheduler_type``.
+    * `grad_scaler_kwargs` -- ``torch.amp.GradScaler`` arguments (e.g. ``init_scale``) under ``--fp16``, which always
+      trains with a GradScaler, on CPU too (`precision.install_grad_scaler`).
 
     The optimisation itself is FunASR's (``funasr/train_utils/trainer_ds.py``), not the Trainer's defaults:
 
@@ -261,6 +264,7 @@ class FunAsrNanoTrainer(Trainer):
         card_info: Any = None,
         on_nonfinite: str = "stop",
         scheduler: str = WARMUPLR,
+        grad_scaler_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
     ):
         if scheduler not in SCHEDULERS:
@@ -280,8 +284,13 @@ class FunAsrNanoTrainer(Trainer):
         self._batch_sampler = None
         self.card_info = card_info
         self.add_callback(_EpochEvents(self))
+        # fp16: always a GradScaler, on CPU too (accelerate builds none there)
+        self.grad_scaler = install_grad_scaler(self.accelerator, **(grad_scaler_kwargs or {}))
         self.nonfinite = NonFiniteGuard(
-            on_nonfinite, distributed=self.args.world_size > 1, deepspeed=self.is_deepspeed_enabled
+            on_nonfinite,
+            distributed=self.args.world_size > 1,
+            deepspeed=self.is_deepspeed_enabled,
+            grad_scaler=self.grad_scaler is not None,
         )
         self._step_keys: list[str] | None = None  # set while a training step runs
         self._staging_root: str | None = None  # set while a checkpoint is written
@@ -464,8 +473,8 @@ class FunAsrNanoTrainer(Trainer):
         self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None
     ) -> torch.Tensor:
         """`Trainer.training_step`, guarded: the batch's example keys are popped (for messages), an
-        out-of-memory error names the batch (`oom`), a non-finite loss or gradient stops or skips it
-        (`nonfinite`)."""
+        out-of-memory error names the batch (`oom`), the loss is recorded for the non-finite check at the
+        optimizer step (`nonfinite`; no host sync here)."""
         keys = inputs.pop(KEYS_FIELD, None) or []
         step = self.state.global_step + 1
         shape = BatchShape.of(inputs, keys)
@@ -480,12 +489,11 @@ class FunAsrNanoTrainer(Trainer):
                 batch_size=self.args.per_device_train_batch_size,
             ):
                 loss = super().training_step(model, inputs, num_items_in_batch)
-        except SkipBatch as skipped:
-            return skipped.loss
         finally:
             self._step_keys = None
-        self.nonfinite.check_gradients(model, step, keys, agree=self._any_process, gather=self._gather_keys)
         fault_point("step")
+        if not self.args.logging_nan_inf_filter:  # a skipped batch's loss counts 0 in the logged mean (no sync)
+            loss = torch.where(torch.isfinite(loss), loss, torch.zeros_like(loss))
         return loss
 
     def compute_loss(
@@ -495,22 +503,29 @@ class FunAsrNanoTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: Any = None,
     ) -> Any:
-        """`Trainer.compute_loss`; in a training step the loss is checked before backward (`nonfinite`)."""
+        """`Trainer.compute_loss`; in a training step the loss is recorded for the non-finite check (`nonfinite`)."""
         result = super().compute_loss(
             model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
         )
         if self._step_keys is not None:  # a training step, not evaluation
             loss = result[0] if return_outputs else result
-            self.nonfinite.check_loss(loss, self.state.global_step + 1, self._step_keys)
+            self.nonfinite.record_loss(loss, self.state.global_step + 1, self._step_keys)
         return result
 
-    def _any_process(self, flag: bool) -> bool:
-        return bool(self.accelerator.reduce(torch.tensor([int(flag)], device=self.args.device), "sum").item())
+    def _get_grad_norm(self, model: torch.nn.Module, grad_norm: Any = None) -> Any:
+        """Override of a private hook (transformers 5.23.0: ``Trainer._get_grad_norm(model, grad_norm=None)``, called
+        once per optimizer step, before it, with the clipped norm or None): the total gradient norm -- unscaled
+        (the GradScaler unscales before clipping) and, with DDP, of the all-reduced gradients -- then the
+        non-finite check of the step (`nonfinite.NonFiniteGuard.check_step`), which drops the step's gradients
+        under ``skip``."""
+        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        self.nonfinite.check_step(model, self.state.global_step + 1, grad_norm, gather=self._gather)
+        return grad_norm
 
-    def _gather_keys(self, keys: list[str]) -> list[str]:
+    def _gather(self, value: Any) -> list[Any]:
         from accelerate.utils import gather_object
 
-        return gather_object(keys)
+        return gather_object([value])
 
     # -- training data: FunASR's batch types ---------------------------------------------------------
     def get_train_dataloader(self) -> DataLoader:
@@ -688,14 +703,15 @@ class FunAsrNanoTrainer(Trainer):
         model.eval()
         world, rank = self.args.world_size, self.args.process_index
         shard = dataset.shard(num_shards=world, index=rank, contiguous=True) if world > 1 else dataset
-        decoded = transcribe_featurized(
-            model,
-            self.processor,
-            shard,
-            batch_size=batch_size or self.args.per_device_eval_batch_size,
-            max_new_tokens=self.eval_max_new_tokens,
-            device=self.args.device,
-        )
+        with self.accelerator.autocast():  # the training's mixed precision (the audio path stays fp32)
+            decoded = transcribe_featurized(
+                model,
+                self.processor,
+                shard,
+                batch_size=batch_size or self.args.per_device_eval_batch_size,
+                max_new_tokens=self.eval_max_new_tokens,
+                device=self.args.device,
+            )
         predictions = [row.text for row in decoded]
         model.train(was_training)
         return gather_object(predictions) if world > 1 else predictions
