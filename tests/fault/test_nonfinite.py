@@ -94,17 +94,36 @@ def test_nonfinite_gradient_stops_or_drops_the_step():
         match=r"non-finite gradient in bad\.weight at step 7 on the examples "
         r"\['a', 'b'\]; training stopped",
     ):
-        NonFiniteGuard("stop").check_gradients(_poisoned(), 7, ["a", "b"])
+        guard = NonFiniteGuard("stop")
+        guard.record_loss(torch.tensor(1.0), 7, ["a", "b"])
+        guard.check_step(_poisoned(), 7)
     guard, net = NonFiniteGuard("skip"), _poisoned()
-    guard.check_gradients(net, 7, ["a", "b"])
+    guard.record_loss(torch.tensor(1.0), 7, ["a"])
+    guard.record_loss(torch.tensor(2.0), 7, ["b"])  # two micro-batches of one optimizer step
+    assert guard.check_step(net, 7)
     assert all(param.grad is None for param in net.parameters())  # no optimizer update from this step
     assert [(b.step, b.keys) for b in guard.skipped] == [(7, ("a", "b"))]
     assert "skipped 1 batch(es)" in guard.summary() and "['a', 'b']" in guard.summary()
     healthy = _Net()
     for param in healthy.parameters():
         param.grad = torch.ones_like(param)
-    NonFiniteGuard("stop").check_gradients(healthy, 8, ["c"])  # finite: nothing happens
+    assert not NonFiniteGuard("stop").check_step(healthy, 8)  # finite: nothing happens
     assert all(param.grad is not None for param in healthy.parameters())
+
+
+def test_scaler_overflow_is_not_a_fault_but_a_nonfinite_loss_is():
+    """With a GradScaler, non-finite gradients from finite losses are its overflow (it skips the step and lowers
+    its scale): no fault, the gradients are left to it. A non-finite loss is a fault with or without a scaler,
+    named with the keys of its micro-batch only."""
+    guard, net = NonFiniteGuard("stop", grad_scaler=True), _poisoned()
+    guard.record_loss(torch.tensor(1.0), 3, ["a"])
+    assert not guard.check_step(net, 3, grad_norm=torch.tensor(float("inf")))
+    assert all(param.grad is not None for param in net.parameters())
+    guard = NonFiniteGuard("skip", grad_scaler=True)
+    guard.record_loss(torch.tensor(1.0), 4, ["a"])
+    guard.record_loss(torch.tensor(float("nan")), 4, ["b"])
+    assert guard.check_step(_poisoned(), 4, grad_norm=torch.tensor(float("nan")))
+    assert [(b.step, b.reason, b.keys) for b in guard.skipped] == [(4, "non-finite loss (nan)", ("b",))]
 
 
 @pytest.mark.parametrize("policy", ["stop", "skip"])
