@@ -35,6 +35,13 @@ def test_private_trainer_methods_keep_their_signatures():
     # our overrides accept what the Trainer passes them
     assert _parameters(FunAsrNanoTrainer._get_output_dir) == _parameters(Trainer._get_output_dir)
     assert _parameters(FunAsrNanoTrainer._save_checkpoint) == _parameters(Trainer._save_checkpoint)
+    # the non-finite check runs once per optimizer step, in the hook that computes the (unscaled) gradient norm
+    assert _parameters(Trainer._get_grad_norm) == _parameters(FunAsrNanoTrainer._get_grad_norm)
+    assert re.search(
+        r"self\._get_grad_norm\(model, grad_norm=grad_norm\)\s+.*\s+self\.optimizer\.step\(\)",
+        _source(Trainer._run_epoch),
+        re.S,
+    )
 
 
 def test_trainer_saves_through_the_hooks_we_override():
