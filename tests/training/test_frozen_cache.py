@@ -59,3 +59,29 @@ def test_frozen_modules_stay_in_eval_mode(lora_model_and_data):
     base = model.get_base_model()
     assert not base.model.audio_tower.training and not base.model.multi_modal_projector.training
     assert base.model.language_model.training
+
+
+def test_sharded_cache_equals_the_whole_and_reads_the_other_shards_from_the_cache(lora_model_and_data):
+    """Each rank embeds its own contiguous shard and reads the others' from the datasets cache: the result is the
+    unsharded cache, and a rank that finds every shard cached runs the audio path not once."""
+    from funasr_nano_hf.training.frozen_cache import add_audio_embeddings_sharded
+
+    model, _, dataset = lora_model_and_data
+    whole = add_audio_embeddings(dataset, model)
+    runs = []
+    hook = model.get_base_model().model.audio_tower.register_forward_hook(lambda *_: runs.append(1))
+    waited = []
+    try:
+        for rank in (0, 1):  # the two ranks, one after the other; rank 1 finds both shards cached by rank 0
+            runs.clear()
+            sharded = add_audio_embeddings_sharded(
+                dataset, model, rank=rank, world_size=2, wait_for_all=lambda r=rank: waited.append(r), batch_size=8
+            )
+            assert sharded["key"] == whole["key"]
+            for a, b in zip(sharded["audio_embeds"], whole["audio_embeds"]):  # padded to other lengths: ~1e-7
+                torch.testing.assert_close(torch.tensor(a), torch.tensor(b), rtol=1e-5, atol=1e-5)
+            if rank == 1:
+                assert runs == []
+    finally:
+        hook.remove()
+    assert waited == [0, 1]
