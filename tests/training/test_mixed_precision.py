@@ -199,3 +199,23 @@ def test_attn_implementation_applies_to_the_llm_only(tiny_original_dir):
     assert model.config.adaptor_config._attn_implementation == "sdpa"
     with pytest.raises(ValueError, match="--attn_implementation flash_attention_2 \\(the LLM's attention\\)"):
         load_pretrained(tiny_original_dir, attn_implementation="flash_attention_2")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"freeze_audio_encoder": False, "freeze_audio_adaptor": False, "freeze_llm": False}, {"use_lora": False}],
+    ids=["lora", "lora+all-trained", "full"],
+)
+def test_every_trained_parameter_gets_a_gradient(tiny_original_dir, train_set, options):
+    """Why ``ddp_find_unused_parameters false`` is the run default: whatever trains, one forward + backward gives
+    every trainable parameter a gradient (DDP would otherwise fail at its second step)."""
+    dataset, _ = train_set
+    if options.get("use_lora") is False:
+        options = {"use_lora": False, "freeze_llm": False}
+    model, processor = _prepared(tiny_original_dir, "fp32", **options)
+    collator = FunAsrNanoCollator(pad_token_id=processor.tokenizer.pad_token_id)
+    model.train()
+    model(**collator([dict(row) for row in dataset.select(range(2))])).loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert missing == []
+    assert sum(p.requires_grad for p in model.parameters()) > 0
