@@ -51,10 +51,16 @@ from funasr_nano_hf.training.callbacks import (
     NBestCheckpointCallback,
     TrainLog,
 )
-from funasr_nano_hf.training.checkpointing import checkpoint_problem, newest_complete_checkpoint, scan_checkpoints
+from funasr_nano_hf.training.checkpointing import (
+    checkpoint_problem,
+    newest_complete_checkpoint,
+    scan_checkpoints,
+    set_run_id,
+)
 from funasr_nano_hf.training.funasr_model import funasr_export_command, write_funasr_model
 from funasr_nano_hf.training.model_card import CardInfo
 from funasr_nano_hf.training.model_setup import prepare_model_for_finetuning
+from funasr_nano_hf.training.output_dir import OutputDirError, claim_output_dir, shared_run_id
 from funasr_nano_hf.training.trainer import FunAsrNanoTrainer
 
 logger = logging.getLogger("finetune")
@@ -69,9 +75,29 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     # 2. Logging: train.log from here to the last error (traceback included), on the console too
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The output folder: locked by this run, refused when it holds another run (nothing is written before)
     out = Path(training_args.output_dir)
-    with TrainLog(out / "train.log", main_process=training_args.process_index == 0, rank=training_args.process_index):
-        return _finetune(model_args, data_args, finetune_args, training_args, out)
+    claim = None
+    if training_args.process_index == 0:
+        try:
+            claim = claim_output_dir(
+                out,
+                resume=finetune_args.resume or bool(training_args.resume_from_checkpoint),
+                overwrite=finetune_args.overwrite_output_dir,
+            )
+        except OutputDirError as err:
+            raise SystemExit(f"finetune.py: error: {err}") from None
+    try:
+        with TrainLog(
+            out / "train.log", main_process=training_args.process_index == 0, rank=training_args.process_index
+        ):
+            if claim is not None:
+                claim.log()
+            set_run_id(shared_run_id(claim.lock.run_id if claim else None, training_args.world_size))
+            return _finetune(model_args, data_args, finetune_args, training_args, out)
+    finally:
+        if claim is not None:
+            claim.release()
 
 
 def _finetune(

@@ -63,6 +63,7 @@ __all__ = [
     "remove_directory",
     "remove_stale_temporaries",
     "scan_checkpoints",
+    "set_run_id",
     "staging_path",
     "vet_checkpoint",
 ]
@@ -101,10 +102,23 @@ def _file_sizes(root: Path) -> dict[str, int]:
     }
 
 
+_run_id = ""  # this run's id (`set_run_id`), in its staging folders' names
+
+
+def set_run_id(run_id: str) -> None:
+    """Name this run's staging folders after `run_id` (the same on every rank), so that two runs writing one
+    folder never share (or delete) each other's (`training.output_dir` locks the folder; this is the second
+    guard)."""
+    global _run_id
+    _run_id = run_id
+
+
 def staging_path(target: str | os.PathLike) -> Path:
-    """Where `target` is written before `publish`: ``<parent>/.tmp-<name>/<name>`` (the same on every rank)."""
+    """Where `target` is written before `publish`: ``<parent>/.tmp-<name>[-<run id>]/<name>`` (the same on every
+    rank)."""
     target = Path(target)
-    return target.parent / f"{TMP_PREFIX}{target.name}" / target.name
+    suffix = f"-{_run_id}" if _run_id else ""
+    return target.parent / f"{TMP_PREFIX}{target.name}{suffix}" / target.name
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
