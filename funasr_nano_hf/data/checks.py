@@ -30,7 +30,7 @@ def check_manifests(
     """Defaults follow FunASR's guide: max_source_length 2000 fbank frames (20 s), max_target_length 200."""
     result = read_manifests(paths, text_paths)
     report = DataReport(manifests=list(paths), problems=list(result.problems))
-    report.read = len(result.records) + len(report.errors)
+    report.read = len(result.records) + result.rejected
     for record in result.records:
         where = record.source
         if not os.path.isfile(record.audio):

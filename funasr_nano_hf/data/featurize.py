@@ -137,7 +137,7 @@ def load_records(
     """Read + validate manifests, then load the canonical records through `load_dataset("json")`."""
     result = read_manifests(manifests, text_files)
     report = DataReport(manifests=list(manifests), problems=list(result.problems))
-    errors = len(report.errors)
+    errors = result.rejected
     report.read = len(result.records) + errors
     if errors:
         report.dropped["manifest error"] += errors

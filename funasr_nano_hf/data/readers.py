@@ -55,6 +55,12 @@ class ReadResult:
     problems: list[Problem] = field(default_factory=list)
     format: str | None = None
 
+    @property
+    def rejected(self) -> int:
+        """Manifest lines (or whole files) that did not become a record: one per place with an error, however
+        many errors it has (a line with a bad path and a bad transcript is one lost record, not two)."""
+        return len({p.source for p in self.problems if p.severity == "error"})
+
 
 def _lines(path: Path, problems: list[Problem]):
     """(line number, text) of every non-empty line; undecodable lines become problems."""
@@ -112,22 +118,48 @@ def _text_field(row: dict, name: str, where: str, problems: list[Problem]) -> st
     return value.strip()
 
 
+def _path_field(row: dict, name: str, where: str, problems: list[Problem]) -> str | None:
+    """An audio path field: present, a string, not blank (each failure named as such)."""
+    value = row.get(name)
+    if value is None:
+        problems.append(Problem(where, name, "missing field"))
+    elif not isinstance(value, str):
+        problems.append(Problem(where, name, f"expected a string (an audio path), got {type(value).__name__}"))
+    elif not value.strip():
+        problems.append(Problem(where, name, "empty audio path"))
+    else:
+        return value
+    return None
+
+
+def _optional_int(row: dict, name: str, where: str, problems: list[Problem]) -> int | None:
+    """A length field FunASR writes (`speech_length`, `source_len` ...): absent, or a non-negative integer."""
+    value = row.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        problems.append(Problem(where, name, f"expected a non-negative integer, got {value!r}: ignored", "warning"))
+        return None
+    return value
+
+
 def _record_from_row(fmt: str, row: dict, base: Path, where: str, problems: list[Problem]) -> AsrRecord | None:
     if fmt == "jsonl":
         text = _text_field(row, "text" if "text" in row and "txt" not in row else "txt", where, problems)
-        audio = row.get("wav")
-        if not isinstance(audio, str) or not audio.strip():
-            problems.append(Problem(where, "wav", "missing field"))
+        audio = _path_field(row, "wav", where, problems)
+        if audio is None:
             return None
         if "key" not in row:
             problems.append(Problem(where, "key", "missing field"))
             return None
+        if not isinstance(row["key"], (str, int)) or isinstance(row["key"], bool):
+            problems.append(Problem(where, "key", f"expected a string, got {type(row['key']).__name__}"))
+            return None
         return AsrRecord(str(row["key"]), _resolve(base, audio), text, source=where) if text else None
     if fmt == "source_target":
         text = _text_field(row, "target", where, problems)
-        audio = row.get("source")
-        if not isinstance(audio, str) or not audio.strip():
-            problems.append(Problem(where, "source", "missing field"))
+        audio = _path_field(row, "source", where, problems)
+        if audio is None:
             return None
         key = str(row.get("key") or Path(audio).stem)
         return (
@@ -136,8 +168,8 @@ def _record_from_row(fmt: str, row: dict, base: Path, where: str, problems: list
                 _resolve(base, audio),
                 text,
                 source=where,
-                speech_length=row.get("source_len"),
-                text_length=row.get("target_len"),
+                speech_length=_optional_int(row, "source_len", where, problems),
+                text_length=_optional_int(row, "target_len", where, problems),
             )
             if text
             else None
@@ -176,8 +208,8 @@ def _record_from_row(fmt: str, row: dict, base: Path, where: str, problems: list
         hotwords=hotwords,
         itn=itn,
         source=where,
-        speech_length=row.get("speech_length"),
-        text_length=row.get("text_length"),
+        speech_length=_optional_int(row, "speech_length", where, problems),
+        text_length=_optional_int(row, "text_length", where, problems),
     )
 
 
