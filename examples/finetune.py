@@ -20,6 +20,7 @@ PATH` from that one
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -33,6 +34,7 @@ from funasr_nano_hf import load_pretrained
 from funasr_nano_hf.conversion.loading import detect_layout, resolve_model_dir
 from funasr_nano_hf.data.collator import FunAsrNanoCollator
 from funasr_nano_hf.data.featurize import MAX_PROBLEMS_SHOWN, DataConfig, build_dataset
+from funasr_nano_hf.errors import DiskFullError
 from funasr_nano_hf.models.processing_funasr_nano import FunAsrNanoHfProcessor
 from funasr_nano_hf.training.arguments import (
     DataArguments,
@@ -53,6 +55,7 @@ from funasr_nano_hf.training.callbacks import (
 )
 from funasr_nano_hf.training.checkpointing import (
     checkpoint_problem,
+    disk_full_error,
     newest_complete_checkpoint,
     scan_checkpoints,
     set_run_id,
@@ -94,7 +97,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             if claim is not None:
                 claim.log()
             set_run_id(shared_run_id(claim.lock.run_id if claim else None, training_args.world_size))
-            return _finetune(model_args, data_args, finetune_args, training_args, out)
+            try:
+                return _finetune(model_args, data_args, finetune_args, training_args, out)
+            except OSError as err:  # a full disk: named, with what is intact, and a clean exit (status 1)
+                if err.errno != errno.ENOSPC:
+                    raise
+                full = err if isinstance(err, DiskFullError) else disk_full_error(err, out, out)
+                logger.error("%s", full.strerror)
+                raise SystemExit(f"finetune.py: error: {full.strerror}") from None
     finally:
         if claim is not None:
             claim.release()
