@@ -50,6 +50,7 @@ from funasr_nano_hf.training.callbacks import (
     EpochEarlyStoppingCallback,
     EpochEndValidationCallback,
     FileLoggerCallback,
+    LossExplosionCallback,
     NBestCheckpointCallback,
     TrainLog,
 )
@@ -175,6 +176,7 @@ def _finetune(
     # 8. Save (final/, final_merged/, FunASR's model.pt), evaluate the final model and the n-best average, push
     _save_final(trainer, processor, model_args, model_dir, out)
     metrics = dict(result.metrics)
+    metrics.update(next(c for c in callbacks if isinstance(c, LossExplosionCallback)).metrics())
     if valid_set is not None:
         metrics.update(trainer.evaluate())
         averaged = next((c.averaged_dir for c in callbacks if isinstance(c, NBestCheckpointCallback)), None)
@@ -205,6 +207,7 @@ def _callbacks(finetune_args: FinetuneArguments, out: Path, validating: bool) ->
         FileLoggerCallback(os.path.join(out, "train.log")),
         CurvePlotCallback(),
         EpochEndValidationCallback(),
+        LossExplosionCallback(),
     ]
     metric, greater_is_better = NBEST_METRICS[finetune_args.avg_keep_nbest_models_type] if validating else (None, True)
     callbacks.append(
