@@ -31,7 +31,7 @@ import torch
 
 from ..errors import AudioError, DataError
 from .audio import fbank_frames, load_audio
-from .quality import check_example, drop_label, special_tokens_of
+from .quality import check_transcript, drop_label, special_tokens_of
 from .readers import Problem, read_manifests
 from .report import DataReport
 
@@ -174,7 +174,7 @@ def _featurize_batch(batch: dict[str, list], processor: Any, worker: bool = Fals
     for audio, text, instruction in zip(batch["audio"], batch["text"], batch["instruction"]):
         try:
             waveform, info = load_audio(audio, target_sr=extractor.sampling_rate)
-            content = check_example(audio, waveform, info.original_sr, extractor.sampling_rate, text, special)
+            check_transcript(audio, text, special)  # special tokens: refused (the audio was checked by load_audio)
             example = processor.build_training_example(waveform, text, instruction)
         except AudioError as err:
             example, waveform = None, None
@@ -182,7 +182,7 @@ def _featurize_batch(batch: dict[str, list], processor: Any, worker: bool = Fals
             out["note"].append("")
         else:
             out["error"].append("")
-            notes = content + [f"resampled from {info.original_sr} Hz"] * info.resampled
+            notes = list(info.warnings) + [f"resampled from {info.original_sr} Hz"] * info.resampled
             notes += [f"downmixed {info.channels} channels"] * info.downmixed
             out["note"].append("; ".join(notes))
         out["input_features"].append(example["input_features"] if example else empty)

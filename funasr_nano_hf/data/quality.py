@@ -1,8 +1,10 @@
-"""The one set of content checks for an example's audio and transcript, used by `check-data`
-(`data/checks.py`), fine-tuning's featurisation and transcription alike, so the three name the same problems
-the same way.
+"""The one set of content checks for an example's audio and transcript, so that `check-data`, fine-tuning and
+transcription name the same problems the same way: `check-data` (`data/checks.py`) runs `audio_problems` and
+`transcript_problems` on every record; every audio file any caller reads goes through `audio.load_audio`,
+which runs `check_decoded` (featurisation, transcription, evaluation alike); featurisation runs
+`check_transcript` on the transcripts it tokenises.
 
-Audio (`audio_problems`, on the decoded waveform and, for the file, its header):
+Audio (on the decoded waveform and, for the file, its header):
 
 * digital silence (every sample 0): error -- nothing to transcribe, the transcript cannot be learned from it;
 * near-silence (RMS below `QualityLimits.quiet_dbfs`): warning;
@@ -111,11 +113,10 @@ def declared_frames(path: str | Path) -> int | None:
     return None
 
 
-def truncation_problem(path: str | Path, decoded_frames: int, slack: int = 0) -> tuple[str, str] | None:
-    """An error when the header of `path` declares more frames than the `decoded_frames` actually decoded
-    (`slack`: frames of rounding allowed, for a count measured after resampling)."""
+def truncation_problem(path: str | Path, decoded_frames: int) -> tuple[str, str] | None:
+    """An error when the header of `path` declares more frames than the `decoded_frames` actually decoded."""
     declared = declared_frames(path)
-    if declared is None or decoded_frames + slack >= declared:
+    if declared is None or decoded_frames >= declared:
         return None
     return (
         ERROR,
@@ -160,27 +161,24 @@ def transcript_problems(text: str, special_tokens: Iterable[str] = ()) -> list[t
     ]
 
 
-def check_example(
-    path: str,
-    waveform: np.ndarray,
-    original_sr: int,
-    sampling_rate: int,
-    text: str | None = None,
-    special_tokens: Iterable[str] = (),
-    limits: QualityLimits = DEFAULT_LIMITS,
-) -> list[str]:
-    """The checks for a clip already loaded (`audio.load_audio`: `waveform` at `sampling_rate`, decoded at
-    `original_sr`) and its transcript, for featurisation and transcription: `AudioError` naming the file and
-    every error; the warnings are returned."""
-    decoded = round(len(waveform) * original_sr / sampling_rate)
-    problems = [truncation_problem(path, decoded, slack=0 if original_sr == sampling_rate else 2)]
-    problems += waveform_problems(waveform, limits)
-    if text is not None:
-        problems += transcript_problems(text, special_tokens)
-    errors = [reason for severity, reason in filter(None, problems) if severity == ERROR]
+def check_decoded(path: str, data: np.ndarray, limits: QualityLimits = DEFAULT_LIMITS) -> tuple[str, ...]:
+    """The audio checks for a file just decoded (`data`: its frames at the file's own rate, before resampling),
+    as `audio.load_audio` runs them for every caller (featurisation, transcription, evaluation): `AudioError`
+    naming the file and every error; the warnings are returned."""
+    problems = [truncation_problem(path, len(data)), *waveform_problems(data, limits)]
+    problems = [p for p in problems if p is not None]
+    errors = [reason for severity, reason in problems if severity == ERROR]
     if errors:
         raise AudioError(path, "; ".join(errors))
-    return [reason for _, reason in filter(None, problems)]
+    return tuple(reason for _, reason in problems)
+
+
+def check_transcript(path: str, text: str, special_tokens: Iterable[str] = ()) -> None:
+    """`AudioError` (naming the example's audio file, the featurisation's unit) when `transcript_problems`
+    finds an error in `text`."""
+    errors = [reason for severity, reason in transcript_problems(text, special_tokens) if severity == ERROR]
+    if errors:
+        raise AudioError(path, "; ".join(errors))
 
 
 def drop_label(error: str) -> str:

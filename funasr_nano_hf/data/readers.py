@@ -12,6 +12,7 @@ cannot become a record is a `Problem` with file:line, field and reason.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -226,6 +227,11 @@ def _kaldi_text_path(scp: Path) -> Path | None:
     return None
 
 
+# Kaldi's command pipes ("sox a.flac -t wav - |") and archive offsets ("feats.ark:1234", "ark:- ..."):
+# never executed, never opened as a path.
+_KALDI_UNSUPPORTED = re.compile(r"\|\s*$|^\s*ark:|\.ark:\d+\s*$")
+
+
 def _read_kaldi(scp: Path, text_path: Path | None, result: ReadResult) -> None:
     problems = result.problems
     text_path = text_path or _kaldi_text_path(scp)
@@ -248,7 +254,14 @@ def _read_kaldi(scp: Path, text_path: Path | None, result: ReadResult) -> None:
         return rows
 
     wavs, texts = table(scp, "wav"), table(text_path, "text")
-    for key, (audio, where) in wavs.items():
+    for key, (audio, where) in list(wavs.items()):
+        if _KALDI_UNSUPPORTED.search(audio):
+            problems.append(
+                Problem(where, "wav", f"not supported: pipe/ark entries ({audio!r}); extract to files first")
+            )
+            del wavs[key]  # never run nor opened; its transcript is not reported again as orphaned
+            texts.pop(key, None)
+            continue
         if key not in texts:
             problems.append(Problem(where, "text", f"key {key!r} has no transcript in {text_path}"))
             continue
