@@ -101,8 +101,11 @@ def detect_format(path: str | Path) -> str:
 
 
 def _resolve(base: Path, audio: str) -> str:
-    candidate = Path(audio).expanduser()
-    return str(candidate if candidate.is_absolute() else (base / candidate).resolve())
+    try:
+        candidate = Path(audio).expanduser()
+        return str(candidate if candidate.is_absolute() else (base / candidate).resolve())
+    except (ValueError, OSError, RuntimeError):  # a NUL byte, a symlink loop: the file check names it later
+        return str(base / audio)
 
 
 def _text_field(row: dict, name: str, where: str, problems: list[Problem]) -> str | None:
@@ -128,6 +131,8 @@ def _path_field(row: dict, name: str, where: str, problems: list[Problem]) -> st
         problems.append(Problem(where, name, f"expected a string (an audio path), got {type(value).__name__}"))
     elif not value.strip():
         problems.append(Problem(where, name, "empty audio path"))
+    elif "\x00" in value:
+        problems.append(Problem(where, name, "audio path contains a NUL character"))
     else:
         return value
     return None
