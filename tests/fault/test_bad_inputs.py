@@ -283,12 +283,10 @@ def test_transcribe(matrix_dir, kind, bundled_processor, tmp_path, capsys):
 @pytest.mark.slow
 def test_finetune_skips_and_counts_every_kind(matrix_dir, tiny_original_dir, tmp_path):
     out = tmp_path / "out"
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "train.jsonl").symlink_to(matrix_dir / "all.jsonl")
+    shutil.copy(matrix_dir / "all.jsonl", matrix_dir / "train.jsonl")  # finetune_cmd's name, beside the audio
     cmd = finetune_cmd(
         tiny_original_dir,
-        data,
+        matrix_dir,
         out,
         *"--on_bad_data skip --max_steps 3 --per_device_train_batch_size 2 --use_cpu --save_checkpoint_interval 100"
         " --validate_interval 100 --num_workers 0 --disable_tqdm true --lora_r 4".split(),
@@ -358,3 +356,86 @@ def test_fuzz_bytes(tmp_path_factory, flips, cut, encoding):
     path = tmp_path_factory.mktemp("fuzz") / "m.jsonl"
     path.write_bytes(bytes(data[: max(cut, 1)]))
     _accounted(path)
+
+
+# -- model-folder and adapter files ---------------------------------------------------------------------------------
+class _RunsCode:
+    """Pickles into a call of os.system: what a hostile checkpoint does."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.fixture
+def model_copy(tiny_original_dir, tmp_path) -> Path:
+    return Path(shutil.copytree(tiny_original_dir, tmp_path / "model", symlinks=True))
+
+
+def test_misspelt_config_key_is_named_with_the_closest_known_one(model_copy):
+    import yaml
+
+    from funasr_nano_hf import load_pretrained
+    from funasr_nano_hf.errors import CheckpointError
+
+    path = model_copy / "config.yaml"
+    conf = yaml.safe_load(path.read_text())
+    conf["audio_adaptor_conf"]["use_lowframe_rate"] = conf["audio_adaptor_conf"].pop("use_low_frame_rate")
+    path.write_text(yaml.safe_dump(conf))
+    with pytest.raises(CheckpointError, match=r"unknown key audio_adaptor_conf\.use_lowframe_rate") as err:
+        load_pretrained(model_copy)
+    assert "did you mean audio_adaptor_conf.use_low_frame_rate?" in str(err.value) and str(path) in str(err.value)
+
+
+def test_legacy_model_pt_loads_and_hostile_one_is_refused_as_hostile(model_copy, tmp_path):
+    import torch
+
+    from funasr_nano_hf import load_pretrained
+    from funasr_nano_hf.conversion.loading import read_model_pt
+    from funasr_nano_hf.errors import CheckpointError
+
+    pt = model_copy / "model.pt"
+    expected = {k: v.clone() for k, v in read_model_pt(pt).items()}  # not views of the mmapped file
+    torch.save(torch.load(pt, weights_only=True), pt, _use_new_zipfile_serialization=False)  # torch < 1.6 format
+    legacy = read_model_pt(pt)
+    assert legacy.keys() == expected.keys() and all(torch.equal(legacy[k], expected[k]) for k in expected)
+    load_pretrained(model_copy)
+    marker = tmp_path / "ran"
+    for zipped in (True, False):
+        torch.save({"state_dict": expected, "x": _RunsCode(marker)}, pt, _use_new_zipfile_serialization=zipped)
+        with pytest.raises(CheckpointError, match="refused as hostile: it references posix.system") as err:
+            load_pretrained(model_copy)
+        assert str(pt) in str(err.value) and not marker.exists()
+
+
+def test_adapters_hostile_or_bin(tmp_path):
+    import torch
+
+    from funasr_nano_hf.conversion.loading import check_adapter
+    from funasr_nano_hf.errors import CheckpointError
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    with pytest.raises(CheckpointError, match="adapter_config.json: missing"):
+        check_adapter(adapter)
+    (adapter / "adapter_config.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="no adapter weights"):
+        check_adapter(adapter)
+    weights = {"base_model.model.lora_A.weight": torch.ones(2, 2)}
+    torch.save(weights, adapter / "adapter_model.bin")
+    check_adapter(adapter)  # plain tensors: accepted (loaded with weights_only)
+    marker = tmp_path / "ran"
+    for zipped in (True, False):
+        torch.save(
+            {**weights, "x": _RunsCode(marker)}, adapter / "adapter_model.bin", _use_new_zipfile_serialization=zipped
+        )
+        with pytest.raises(CheckpointError, match="refused as hostile") as err:
+            check_adapter(adapter)
+        assert str(adapter / "adapter_model.bin") in str(err.value) and not marker.exists()
+    (adapter / "adapter_model.safetensors").write_bytes(b"\x10\x00garbage")  # preferred when present
+    with pytest.raises(CheckpointError, match="adapter_model.safetensors: truncated or corrupt"):
+        check_adapter(adapter)
