@@ -249,9 +249,11 @@ def claim_output_dir(output_dir: str | os.PathLike, *, resume: bool, overwrite: 
             )
         elif found and not resume:
             shown = ", ".join(found[:8]) + (f" and {len(found) - 8} more" if len(found) > 8 else "")
+            work = [name for name in found if name not in ("config.yaml", "train.log")]
+            early = "" if work else " (it ended before its first checkpoint: --resume starts it again)"
             raise OutputDirError(
-                f"--output_dir {output_dir} already holds a run ({shown}). Nothing was changed. Use --resume to "
-                "continue it, --overwrite_output_dir to delete it and start clean, or another --output_dir"
+                f"--output_dir {output_dir} already holds a run ({shown}){early}. Nothing was changed. Use --resume "
+                "to continue it, --overwrite_output_dir to delete it and start clean, or another --output_dir"
             )
     except BaseException:
         lock.release()
