@@ -85,6 +85,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             args.train_data,
             "--output_dir",
             str(out / "lora"),
+            "--overwrite_output_dir",  # the demo always trains afresh: a re-run replaces its previous run
+            "true",
             "--max_epoch",
             str(args.max_epoch),
             "--per_device_train_batch_size",

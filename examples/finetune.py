@@ -20,6 +20,7 @@ PATH` from that one
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -34,6 +35,7 @@ from funasr_nano_hf import load_pretrained
 from funasr_nano_hf.conversion.loading import detect_layout, resolve_model_dir
 from funasr_nano_hf.data.collator import FunAsrNanoCollator
 from funasr_nano_hf.data.featurize import MAX_PROBLEMS_SHOWN, DataConfig, build_dataset
+from funasr_nano_hf.errors import DiskFullError
 from funasr_nano_hf.models.processing_funasr_nano import FunAsrNanoHfProcessor
 from funasr_nano_hf.training.arguments import (
     DataArguments,
@@ -49,13 +51,21 @@ from funasr_nano_hf.training.callbacks import (
     EpochEarlyStoppingCallback,
     EpochEndValidationCallback,
     FileLoggerCallback,
+    LossExplosionCallback,
     NBestCheckpointCallback,
     TrainLog,
 )
-from funasr_nano_hf.training.checkpointing import checkpoint_problem, newest_complete_checkpoint, scan_checkpoints
+from funasr_nano_hf.training.checkpointing import (
+    checkpoint_problem,
+    disk_full_error,
+    newest_complete_checkpoint,
+    scan_checkpoints,
+    set_run_id,
+)
 from funasr_nano_hf.training.funasr_model import funasr_export_command, write_funasr_model
 from funasr_nano_hf.training.model_card import CardInfo
 from funasr_nano_hf.training.model_setup import prepare_model_for_finetuning
+from funasr_nano_hf.training.output_dir import OutputDirError, claim_output_dir, shared_run_id
 from funasr_nano_hf.training.precision import apply_precision, check_training_device, checkpoint_llm_dtype
 from funasr_nano_hf.training.trainer import FunAsrNanoTrainer
 
@@ -72,9 +82,36 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     # 2. Logging: train.log from here to the last error (traceback included), on the console too
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The output folder: locked by this run, refused when it holds another run (nothing is written before)
     out = Path(training_args.output_dir)
-    with TrainLog(out / "train.log", main_process=training_args.process_index == 0, rank=training_args.process_index):
-        return _finetune(model_args, data_args, finetune_args, training_args, out)
+    claim = None
+    if training_args.process_index == 0:
+        try:
+            claim = claim_output_dir(
+                out,
+                resume=finetune_args.resume or bool(training_args.resume_from_checkpoint),
+                overwrite=finetune_args.overwrite_output_dir,
+            )
+        except OutputDirError as err:
+            raise SystemExit(f"finetune.py: error: {err}") from None
+    try:
+        with TrainLog(
+            out / "train.log", main_process=training_args.process_index == 0, rank=training_args.process_index
+        ):
+            if claim is not None:
+                claim.log()
+            set_run_id(shared_run_id(claim.lock.run_id if claim else None, training_args.world_size))
+            try:
+                return _finetune(model_args, data_args, finetune_args, training_args, out)
+            except OSError as err:  # a full disk: named, with what is intact, and a clean exit (status 1)
+                if err.errno != errno.ENOSPC:
+                    raise
+                full = err if isinstance(err, DiskFullError) else disk_full_error(err, out, out)
+                logger.error("%s", full.strerror)
+                raise SystemExit(f"finetune.py: error: {full.strerror}") from None
+    finally:
+        if claim is not None:
+            claim.release()
 
 
 def _finetune(
@@ -157,6 +194,7 @@ def _finetune(
     # 8. Save (final/, final_merged/, FunASR's model.pt), evaluate the final model and the n-best average, push
     _save_final(trainer, processor, model_args, model_dir, out)
     metrics = dict(result.metrics)
+    metrics.update(next(c for c in callbacks if isinstance(c, LossExplosionCallback)).metrics())
     if valid_set is not None:
         metrics.update(trainer.evaluate())
         averaged = next((c.averaged_dir for c in callbacks if isinstance(c, NBestCheckpointCallback)), None)
@@ -206,6 +244,7 @@ def _callbacks(finetune_args: FinetuneArguments, out: Path, validating: bool) ->
         FileLoggerCallback(os.path.join(out, "train.log")),
         CurvePlotCallback(),
         EpochEndValidationCallback(),
+        LossExplosionCallback(),
     ]
     metric, greater_is_better = NBEST_METRICS[finetune_args.avg_keep_nbest_models_type] if validating else (None, True)
     callbacks.append(

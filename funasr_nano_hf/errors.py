@@ -29,8 +29,19 @@ class NonFiniteLossError(RuntimeError):
     """Training stopped on a non-finite loss or gradient (``--on_nonfinite stop``)."""
 
 
+class DiskFullError(OSError):
+    """No space left while writing an output; the message names the file and the newest intact checkpoint."""
+
+
 class TrainingOutOfMemoryError(RuntimeError):
     """A training batch did not fit in memory; the message names the batch and the options to change."""
 
 
-__all__ = ["AudioError", "CheckpointError", "DataError", "NonFiniteLossError", "TrainingOutOfMemoryError"]
+__all__ = [
+    "AudioError",
+    "CheckpointError",
+    "DataError",
+    "DiskFullError",
+    "NonFiniteLossError",
+    "TrainingOutOfMemoryError",
+]

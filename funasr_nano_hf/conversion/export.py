@@ -18,7 +18,14 @@ import torch
 
 from ..errors import CheckpointError
 from ..models.modeling_funasr_nano import FunAsrNanoHfForConditionalGeneration
-from .loading import detect_layout, load_pretrained, original_config_path, read_config_yaml, read_model_pt
+from .loading import (
+    check_adapter,
+    detect_layout,
+    load_pretrained,
+    original_config_path,
+    read_config_yaml,
+    read_model_pt,
+)
 from .original_layout import hf_to_original, layout_from_config
 
 logger = logging.getLogger(__name__)
@@ -52,6 +59,7 @@ def _merged_model(model_dir: str | Path, adapter_dir: str | Path | None) -> FunA
         return model
     from peft import PeftModel
 
+    check_adapter(adapter_dir)
     return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
 
 

@@ -196,19 +196,93 @@ def read_config_yaml(path: str | Path) -> dict[str, Any]:
     return conf
 
 
+# The keys FunASR's classes read in the sections of config.yaml that build the model (FunASR 1.4.16:
+# SenseVoiceEncoderSmall.__init__ + FunASRNano.__init__ for the encoder, adaptor.Transformer + FunASRNano for
+# the adaptor, WavFrontend.__init__, FunASRNano's llm_conf reads). A key outside these is a typo FunASR itself
+# would swallow through **kwargs (`use_lowframe_rate` silently means "all frames"): refused, naming the
+# closest known key. Keys read by FunASR that change nothing in the HF model are `IGNORED_KEYS`, logged once.
+MODEL_SECTIONS: dict[str, frozenset[str]] = {
+    "audio_encoder_conf": frozenset(
+        "output_size attention_heads linear_units num_blocks tp_blocks dropout_rate positional_dropout_rate "
+        "attention_dropout_rate stochastic_depth_rate input_layer pos_enc_class normalize_before concat_after "
+        "positionwise_layer_type positionwise_conv_kernel_size padding_idx kernel_size sanm_shfit "
+        "selfattention_layer_type hub activation_checkpoint freeze".split()
+    ),
+    "audio_adaptor_conf": frozenset(
+        "downsample_rate encoder_dim llm_dim ffn_dim n_layer attention_heads attention_dropout_rate dropout_rate "
+        "freeze use_low_frame_rate".split()
+    ),
+    "frontend_conf": frozenset(
+        "cmvn_file fs window n_mels frame_length frame_shift filter_length_min filter_length_max lfr_m lfr_n "
+        "dither snip_edges upsacle_samples".split()
+    ),
+    "llm_conf": frozenset(
+        "hub init_param_path load_kwargs freeze activation_checkpoint llm_dtype use_lora lora_conf".split()
+    ),
+}
+IGNORED_KEYS = (
+    "audio_encoder_conf: hub activation_checkpoint freeze stochastic_depth_rate; audio_adaptor_conf: freeze; "
+    "frontend_conf: dither; llm_conf: hub load_kwargs freeze activation_checkpoint use_lora lora_conf; "
+    "model_conf, tokenizer_conf, dataset_conf, train_conf, optim_conf, scheduler_conf and the CTC branch's keys "
+    "(training options of FunASR's recipe; fine-tuning takes them as options)"
+)
+_ignored_listed: set[str] = set()
+
+
+def check_config_keys(yaml_conf: dict[str, Any], path: str | Path) -> None:
+    """Refuse keys of config.yaml's model sections that FunASR's classes do not read (typos FunASR would
+    swallow silently), naming the closest known key; list the keys without effect here once per folder."""
+    import difflib
+
+    for section, known in MODEL_SECTIONS.items():
+        conf = yaml_conf.get(section)
+        if conf is None:
+            continue
+        if not isinstance(conf, dict):
+            raise CheckpointError(f"{path}: {section} must be a mapping, got {type(conf).__name__}")
+        for key in conf:
+            if key in known:
+                continue
+            close = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.6)
+            hint = f"did you mean {section}.{close[0]}?" if close else f"known keys: {', '.join(sorted(known))}"
+            raise CheckpointError(
+                f"{path}: unknown key {section}.{key}: FunASR would ignore it silently and build a different model "
+                f"than intended; {hint}"
+            )
+    if str(path) not in _ignored_listed:
+        _ignored_listed.add(str(path))
+        logger.info("%s: keys without effect on the loaded model: %s", path, IGNORED_KEYS)
+
+
+def pickle_globals(path: str | Path) -> list[str]:
+    """The ``module.name`` globals a plain (non-zip) pickle file references, read with `pickletools` (which
+    only parses: nothing is imported or run); [] for zip files and unparsable ones."""
+    import pickletools
+
+    if zipfile.is_zipfile(path):
+        return []
+    found: list[str] = []
+    strings: list[str] = []
+    try:
+        with open(path, "rb") as handle:
+            for op, arg, _ in pickletools.genops(handle):
+                if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
+                    strings.append(str(arg))
+                elif op.name == "GLOBAL":
+                    found.append(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.append(f"{strings[-2]}.{strings[-1]}")
+    except Exception:  # noqa: BLE001 - a malformed pickle: whatever was found so far
+        pass
+    return sorted(set(found))
+
+
 def read_model_pt(path: str | Path) -> dict[str, torch.Tensor]:
     """model.pt -> flat state dict, with `weights_only=True` (a pickle that would run code is refused)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: missing")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"{path}: refused: not a plain tensor checkpoint (weights_only=True rejected it: {err})"
-        ) from err
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
-        raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({err})") from err
+    checkpoint = _load_tensor_pickle(path)  # mmap only for torch's zip format; a legacy file loads without it
     if isinstance(checkpoint, dict):
         for wrapper in ("state_dict", "model_state_dict", "model"):
             if isinstance(checkpoint.get(wrapper), dict):
@@ -217,6 +291,61 @@ def read_model_pt(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(checkpoint, dict) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
         raise CheckpointError(f"{path}: expected {{'state_dict': {{name: tensor}}}}")
     return {key.removeprefix("module."): value for key, value in checkpoint.items()}
+
+
+def _load_tensor_pickle(path: Path) -> Any:
+    """`torch.load(weights_only=True)` of a pickle-based weight file; `CheckpointError` naming the file, as
+    hostile when it references code (`pickle_globals`), otherwise as corrupt."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as err:
+        found = re.search(r"(?:unsupported GLOBAL|Unsupported global: GLOBAL) (\S+)", str(err))
+        hostile = [found.group(1)] if found else []
+        hostile += [name for name in pickle_globals(path) if not name.startswith(("torch.", "collections."))]
+        if hostile:
+            raise CheckpointError(
+                f"{path}: refused as hostile: it references {', '.join(sorted(set(hostile)))}, and loading it "
+                "could run code (only tensors and plain data are accepted: torch.load(weights_only=True))"
+            ) from err
+        detail = next((line for line in str(err).splitlines() if "Unsupported" in line), str(err).splitlines()[0])
+        raise CheckpointError(
+            f"{path}: refused: not a plain tensor file (torch.load(weights_only=True): {detail.strip()})"
+        ) from err
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: truncated or corrupt ({err})") from err
+
+
+def check_adapter(adapter_dir: str | Path) -> None:
+    """Vet a peft adapter folder before peft loads it: `adapter_config.json` parsed, and the weights --
+    ``adapter_model.safetensors`` (its header read), or else ``adapter_model.bin`` loaded with
+    ``torch.load(weights_only=True)`` (a pickle that would run code is refused as hostile). Every failure is a
+    `CheckpointError` naming the file."""
+    folder = Path(adapter_dir)
+    if not folder.is_dir():
+        raise CheckpointError(
+            f"{folder}: no such adapter folder (expected a peft folder: adapter_config.json + "
+            "adapter_model.safetensors)"
+        )
+    config = folder / "adapter_config.json"
+    if not config.is_file():
+        raise CheckpointError(f"{config}: missing (not a peft adapter folder)")
+    _read_json(config)
+    safetensors_file, bin_file = folder / "adapter_model.safetensors", folder / "adapter_model.bin"
+    if safetensors_file.is_file():
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(safetensors_file), framework="pt", device="cpu") as handle:
+                handle.keys()
+        except (SafetensorError, OSError) as err:
+            raise CheckpointError(f"{safetensors_file}: truncated or corrupt safetensors file ({err})") from err
+        return
+    if not bin_file.is_file():
+        raise CheckpointError(f"{folder}: no adapter weights (adapter_model.safetensors, or adapter_model.bin)")
+    state = _load_tensor_pickle(bin_file)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{bin_file}: expected {{name: tensor}}")
+    logger.warning("%s: a pickle-based adapter (vetted with weights_only=True); safetensors is preferred", bin_file)
 
 
 def _llm_dir(folder: Path, yaml_conf: dict[str, Any]) -> Path:
@@ -274,6 +403,7 @@ def load_original(
     folder = Path(model_dir)
     config_path = original_config_path(folder)
     yaml_conf = read_config_yaml(config_path)
+    check_config_keys(yaml_conf, config_path)
     llm_dir = _llm_dir(folder, yaml_conf)
     qwen_config = _read_json(llm_dir / "config.json")
     try:

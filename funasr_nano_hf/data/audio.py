@@ -11,6 +11,7 @@ import torch
 import torchaudio
 
 from ..errors import AudioError
+from .quality import check_decoded
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,7 @@ class AudioInfo:
     duration_s: float
     resampled: bool
     downmixed: bool
+    warnings: tuple[str, ...] = ()  # `quality.check_decoded`'s (near-silence, clipping)
 
 
 def load_audio(path: str, target_sr: int = 16000) -> tuple[np.ndarray, AudioInfo]:
@@ -33,12 +35,13 @@ def load_audio(path: str, target_sr: int = 16000) -> tuple[np.ndarray, AudioInfo
         raise AudioError(path, f"unreadable or corrupt audio ({err})") from err
     if data.shape[0] == 0:
         raise AudioError(path, "zero-length audio")
+    warnings = check_decoded(path, data)  # silence, NaN/inf, truncated file: AudioError; clipping etc.: warnings
     channels = data.shape[1]
     mono = data.mean(axis=1) if channels > 1 else data[:, 0]
     if rate != target_sr:
         mono = torchaudio.functional.resample(torch.from_numpy(np.ascontiguousarray(mono)), rate, target_sr).numpy()
     mono = np.ascontiguousarray(mono, dtype=np.float32)
-    info = AudioInfo(rate, channels, len(mono), len(mono) / target_sr, rate != target_sr, channels > 1)
+    info = AudioInfo(rate, channels, len(mono), len(mono) / target_sr, rate != target_sr, channels > 1, warnings)
     return mono, info
 
 

@@ -31,12 +31,13 @@ import torch
 
 from ..errors import AudioError, DataError
 from .audio import fbank_frames, load_audio
+from .quality import check_transcript, drop_label, special_tokens_of
 from .readers import Problem, read_manifests
 from .report import DataReport
 
 logger = logging.getLogger(__name__)
 
-FEATURIZE_VERSION = "3"  # bump when the featurization code changes what it writes (3: `instruction` column)
+FEATURIZE_VERSION = "4"  # bump when the featurization code changes what it writes (4: quality checks)
 FRAMES_PER_SECOND = 100  # 10 ms fbank frames
 BATCH_TYPES = ("example", "length", "token")
 # FunASR's defaults for an unset `max_token_length`: the Nano dataset's (LLM tokens per example) and the
@@ -136,7 +137,7 @@ def load_records(
     """Read + validate manifests, then load the canonical records through `load_dataset("json")`."""
     result = read_manifests(manifests, text_files)
     report = DataReport(manifests=list(manifests), problems=list(result.problems))
-    errors = len(report.errors)
+    errors = result.rejected
     report.read = len(result.records) + errors
     if errors:
         report.dropped["manifest error"] += errors
@@ -168,10 +169,12 @@ def _featurize_batch(batch: dict[str, list], processor: Any, worker: bool = Fals
         for k in ("input_features", "input_ids", "labels", "prompt_length", "num_frames", "num_tokens", "error", "note")
     }
     extractor = processor.feature_extractor
+    special = special_tokens_of(processor.tokenizer) | {processor.audio_token}
     empty = np.zeros((0, extractor.feature_size * extractor.num_frames_lfr), dtype=np.float32)
     for audio, text, instruction in zip(batch["audio"], batch["text"], batch["instruction"]):
         try:
             waveform, info = load_audio(audio, target_sr=extractor.sampling_rate)
+            check_transcript(audio, text, special)  # special tokens: refused (the audio was checked by load_audio)
             example = processor.build_training_example(waveform, text, instruction)
         except AudioError as err:
             example, waveform = None, None
@@ -179,7 +182,7 @@ def _featurize_batch(batch: dict[str, list], processor: Any, worker: bool = Fals
             out["note"].append("")
         else:
             out["error"].append("")
-            notes = [f"resampled from {info.original_sr} Hz"] * info.resampled
+            notes = list(info.warnings) + [f"resampled from {info.original_sr} Hz"] * info.resampled
             notes += [f"downmixed {info.channels} channels"] * info.downmixed
             out["note"].append("; ".join(notes))
         out["input_features"].append(example["input_features"] if example else empty)
@@ -272,7 +275,7 @@ def featurize(
     errors, frames, tokens = featurized["error"], featurized["num_frames"], featurized["num_tokens"]
     prompts = featurized["prompt_length"]
     reasons = [
-        "unreadable audio" if error else drop_reason(n_frames, text_length(n_tokens), n_prompt + n_tokens, config)
+        drop_label(error) if error else drop_reason(n_frames, text_length(n_tokens), n_prompt + n_tokens, config)
         for error, n_frames, n_tokens, n_prompt in zip(errors, frames, tokens, prompts)
     ]
     report.dropped.update(reason for reason in reasons if reason)
@@ -282,7 +285,7 @@ def featurize(
         report.problems += [Problem(source, "audio", error) for source, error in zip(sources, errors) if error]
         report.problems += [Problem(source, "audio", note, "warning") for source, note in zip(sources, notes) if note]
     if any(errors) and config.on_bad_data == "stop":
-        raise DataError("unreadable audio (on_bad_data='stop'):\n" + report.format(MAX_PROBLEMS_SHOWN))
+        raise DataError("unusable audio or transcript (on_bad_data='stop'):\n" + report.format(MAX_PROBLEMS_SHOWN))
     for error, n_frames, n_tokens in zip(errors, frames, tokens):
         if not error:  # every readable clip, kept or not (as check-data measures them)
             report.measure(n_frames / FRAMES_PER_SECOND, text_length(n_tokens))

@@ -12,6 +12,7 @@ cannot become a record is a `Problem` with file:line, field and reason.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,12 @@ class ReadResult:
     problems: list[Problem] = field(default_factory=list)
     format: str | None = None
 
+    @property
+    def rejected(self) -> int:
+        """Manifest lines (or whole files) that did not become a record: one per place with an error, however
+        many errors it has (a line with a bad path and a bad transcript is one lost record, not two)."""
+        return len({p.source for p in self.problems if p.severity == "error"})
+
 
 def _lines(path: Path, problems: list[Problem]):
     """(line number, text) of every non-empty line; undecodable lines become problems."""
@@ -94,8 +101,11 @@ def detect_format(path: str | Path) -> str:
 
 
 def _resolve(base: Path, audio: str) -> str:
-    candidate = Path(audio).expanduser()
-    return str(candidate if candidate.is_absolute() else (base / candidate).resolve())
+    try:
+        candidate = Path(audio).expanduser()
+        return str(candidate if candidate.is_absolute() else (base / candidate).resolve())
+    except (ValueError, OSError, RuntimeError):  # a NUL byte, a symlink loop: the file check names it later
+        return str(base / audio)
 
 
 def _text_field(row: dict, name: str, where: str, problems: list[Problem]) -> str | None:
@@ -112,22 +122,50 @@ def _text_field(row: dict, name: str, where: str, problems: list[Problem]) -> st
     return value.strip()
 
 
+def _path_field(row: dict, name: str, where: str, problems: list[Problem]) -> str | None:
+    """An audio path field: present, a string, not blank (each failure named as such)."""
+    value = row.get(name)
+    if value is None:
+        problems.append(Problem(where, name, "missing field"))
+    elif not isinstance(value, str):
+        problems.append(Problem(where, name, f"expected a string (an audio path), got {type(value).__name__}"))
+    elif not value.strip():
+        problems.append(Problem(where, name, "empty audio path"))
+    elif "\x00" in value:
+        problems.append(Problem(where, name, "audio path contains a NUL character"))
+    else:
+        return value
+    return None
+
+
+def _optional_int(row: dict, name: str, where: str, problems: list[Problem]) -> int | None:
+    """A length field FunASR writes (`speech_length`, `source_len` ...): absent, or a non-negative integer."""
+    value = row.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        problems.append(Problem(where, name, f"expected a non-negative integer, got {value!r}: ignored", "warning"))
+        return None
+    return value
+
+
 def _record_from_row(fmt: str, row: dict, base: Path, where: str, problems: list[Problem]) -> AsrRecord | None:
     if fmt == "jsonl":
         text = _text_field(row, "text" if "text" in row and "txt" not in row else "txt", where, problems)
-        audio = row.get("wav")
-        if not isinstance(audio, str) or not audio.strip():
-            problems.append(Problem(where, "wav", "missing field"))
+        audio = _path_field(row, "wav", where, problems)
+        if audio is None:
             return None
         if "key" not in row:
             problems.append(Problem(where, "key", "missing field"))
             return None
+        if not isinstance(row["key"], (str, int)) or isinstance(row["key"], bool):
+            problems.append(Problem(where, "key", f"expected a string, got {type(row['key']).__name__}"))
+            return None
         return AsrRecord(str(row["key"]), _resolve(base, audio), text, source=where) if text else None
     if fmt == "source_target":
         text = _text_field(row, "target", where, problems)
-        audio = row.get("source")
-        if not isinstance(audio, str) or not audio.strip():
-            problems.append(Problem(where, "source", "missing field"))
+        audio = _path_field(row, "source", where, problems)
+        if audio is None:
             return None
         key = str(row.get("key") or Path(audio).stem)
         return (
@@ -136,8 +174,8 @@ def _record_from_row(fmt: str, row: dict, base: Path, where: str, problems: list
                 _resolve(base, audio),
                 text,
                 source=where,
-                speech_length=row.get("source_len"),
-                text_length=row.get("target_len"),
+                speech_length=_optional_int(row, "source_len", where, problems),
+                text_length=_optional_int(row, "target_len", where, problems),
             )
             if text
             else None
@@ -176,8 +214,8 @@ def _record_from_row(fmt: str, row: dict, base: Path, where: str, problems: list
         hotwords=hotwords,
         itn=itn,
         source=where,
-        speech_length=row.get("speech_length"),
-        text_length=row.get("text_length"),
+        speech_length=_optional_int(row, "speech_length", where, problems),
+        text_length=_optional_int(row, "text_length", where, problems),
     )
 
 
@@ -192,6 +230,11 @@ def _kaldi_text_path(scp: Path) -> Path | None:
         if candidate != name and (scp.parent / candidate).is_file():
             return scp.parent / candidate
     return None
+
+
+# Kaldi's command pipes ("sox a.flac -t wav - |") and archive offsets ("feats.ark:1234", "ark:- ..."):
+# never executed, never opened as a path.
+_KALDI_UNSUPPORTED = re.compile(r"\|\s*$|^\s*ark:|\.ark:\d+\s*$")
 
 
 def _read_kaldi(scp: Path, text_path: Path | None, result: ReadResult) -> None:
@@ -216,7 +259,14 @@ def _read_kaldi(scp: Path, text_path: Path | None, result: ReadResult) -> None:
         return rows
 
     wavs, texts = table(scp, "wav"), table(text_path, "text")
-    for key, (audio, where) in wavs.items():
+    for key, (audio, where) in list(wavs.items()):
+        if _KALDI_UNSUPPORTED.search(audio):
+            problems.append(
+                Problem(where, "wav", f"not supported: pipe/ark entries ({audio!r}); extract to files first")
+            )
+            del wavs[key]  # never run nor opened; its transcript is not reported again as orphaned
+            texts.pop(key, None)
+            continue
         if key not in texts:
             problems.append(Problem(where, "text", f"key {key!r} has no transcript in {text_path}"))
             continue

@@ -128,7 +128,10 @@ class FunAsrNanoHfProcessor(FunAsrNanoProcessor):
         prompt = self.transcription_prompt(instruction=instruction or prompting.instruction())
         prompt = prompt.replace(self.audio_token, self.audio_token * num_tokens)
         source_ids = self.tokenizer.encode(prompt, add_special_tokens=False)
-        target_ids = self.tokenizer.encode(prompting.target_text(transcript), add_special_tokens=False)
+        # The transcript is text: a "<|im_end|>" or audio placeholder typed in it stays text (split_special_tokens),
+        # never a control token; the turn's real end follows (the same ids as encoding `target_text` whole).
+        target_ids = self.tokenizer.encode(transcript, add_special_tokens=False, split_special_tokens=True)
+        target_ids += self.tokenizer.encode(prompting.target_text(""), add_special_tokens=False)
         return {
             "input_features": np.asarray(features, dtype=np.float32),
             "input_ids": source_ids + target_ids,

@@ -4,6 +4,8 @@ variable ``FUNASR_NANO_HF_FAULT`` is set; nothing in normal use sets it.
     FUNASR_NANO_HF_FAULT=<point>:<n>                   SIGKILL this process the n-th time it reaches <point>
     FUNASR_NANO_HF_FAULT=<point>:<n>:memory_cap=<MiB>  instead, cap its address space (RLIMIT_AS) at its
                                                        current size + <MiB> there (a small device, simulated)
+    FUNASR_NANO_HF_FAULT=<point>:<n>:enospc            instead, raise the OSError(ENOSPC) a write raises on a
+                                                       full disk there (a full disk, simulated)
 
 Points (where the training package calls `fault_point`):
 
@@ -20,6 +22,7 @@ a test can name. See tests/fault/README.md.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import resource
@@ -28,7 +31,7 @@ from collections import Counter
 
 ENV = "FUNASR_NANO_HF_FAULT"
 POINTS = ("step_begin", "step", "eval", "save", "average", "epoch_end")
-_SPEC = re.compile(r"^(?P<point>\w+):(?P<n>\d+)(?::memory_cap=(?P<cap>\d+))?$")
+_SPEC = re.compile(r"^(?P<point>\w+):(?P<n>\d+)(?::memory_cap=(?P<cap>\d+)|:(?P<enospc>enospc))?$")
 _reached: Counter = Counter()
 
 
@@ -44,12 +47,14 @@ def fault_point(point: str) -> None:
         return
     match = _SPEC.match(spec)
     if match is None or match["point"] not in POINTS:
-        raise ValueError(f"{ENV}={spec!r}: expected <point>:<n>[:memory_cap=<MiB>] with point one of {POINTS}")
+        raise ValueError(f"{ENV}={spec!r}: expected <point>:<n>[:memory_cap=<MiB>|:enospc] with point one of {POINTS}")
     if match["point"] != point:
         return
     _reached[point] += 1
     if _reached[point] != int(match["n"]):
         return
+    if match["enospc"]:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     if match["cap"] is None:
         os.kill(os.getpid(), signal.SIGKILL)
     limit = _address_space_bytes() + int(match["cap"]) * 2**20

@@ -155,6 +155,13 @@ class FinetuneArguments:
         default=3, metadata={"help": "epochs whose end-of-epoch eval loss does not improve on the best; 0 = off"}
     )
     resume: bool = field(default=False, metadata={"help": "continue from the newest complete checkpoint"})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "an --output_dir holding a finished or interrupted run: delete it and start clean (without this "
+            "or --resume such a folder is refused; transformers' v4 option)"
+        },
+    )
     lr: float = field(default=1e-4)
     scheduler: str = field(
         default=WARMUPLR,

@@ -16,6 +16,8 @@
 * `FileLoggerCallback` -- one readable line per Trainer log event in ``train.log`` (through `TrainLog`'s
   handler when one is open on the file, else its own while training).
 * `CurvePlotCallback` -- training / validation loss and validation CER curves as a PNG.
+* `LossExplosionCallback` -- a warning (train.log, final metrics) when the loss explodes or the gradient norm
+  collapses to 0, so that such a run does not end "successfully" in silence.
 
 Typical wiring (what ``examples/finetune.py`` does)::
 
@@ -75,6 +77,7 @@ __all__ = [
     "EpochEarlyStoppingCallback",
     "EpochEndValidationCallback",
     "FileLoggerCallback",
+    "LossExplosionCallback",
     "NBestCheckpointCallback",
     "TrainLog",
 ]
@@ -832,3 +835,76 @@ class CurvePlotCallback(TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         self._save(args, state)
+
+
+class LossExplosionCallback(TrainerCallback):
+    """A run whose loss explodes (a learning rate far too high: ``--lr 1e6``) or whose gradients vanish must not
+    end "successfully" in silence. Watches the logged ``loss`` and ``grad_norm``: a warning (in train.log) when
+    the loss rises above `factor` x the lowest loss so far (at least `floor`, so that a loss near zero does not
+    make noise a rise), and when the gradient norm collapses to 0 after having been positive; the counts and the
+    first step of each end up in the final metrics (`metrics`). Non-finite values are `nonfinite.py`'s business.
+    Hand-written: transformers has no such watch. Not restored on resume (it watches the steps it sees)."""
+
+    def __init__(self, factor: float = 10.0, floor: float = 0.1, zero_grad_norm: float = 1e-12):
+        self.factor = factor
+        self.floor = floor
+        self.zero_grad_norm = zero_grad_norm
+        self.lowest: float | None = None
+        self.grad_seen = False
+        self.exploded: list[int] = []  # steps whose loss was above the limit
+        self.collapsed: list[int] = []  # steps whose grad norm was 0 after positive ones
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        loss, grad_norm = logs.get("loss"), logs.get("grad_norm")
+        step = state.global_step
+        if isinstance(loss, (int, float)) and math.isfinite(loss):
+            if self.lowest is not None and loss > self.factor * max(self.lowest, self.floor):
+                if not self.exploded:
+                    logger.warning(
+                        "loss explosion at step %d: loss %.4g is over %g x the lowest so far (%.4g); the learning "
+                        "rate is likely far too high (--lr %g): this run's weights are probably ruined",
+                        step,
+                        loss,
+                        self.factor,
+                        self.lowest,
+                        args.learning_rate,
+                    )
+                self.exploded.append(step)
+            self.lowest = loss if self.lowest is None else min(self.lowest, loss)
+        if isinstance(grad_norm, (int, float)) and math.isfinite(grad_norm):
+            if grad_norm <= self.zero_grad_norm and self.grad_seen:
+                if not self.collapsed:
+                    logger.warning(
+                        "gradient norm collapsed to 0 at step %d (it was positive before): the model no longer "
+                        "learns (saturated or dead activations; a learning rate far too high?)",
+                        step,
+                    )
+                self.collapsed.append(step)
+            self.grad_seen = self.grad_seen or grad_norm > self.zero_grad_norm
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.exploded or self.collapsed:
+            logger.warning("training ended, but %s", self.summary())
+
+    def summary(self) -> str:
+        """One line naming what went wrong ("" when nothing did)."""
+        parts = []
+        if self.exploded:
+            parts.append(f"the loss exploded at {len(self.exploded)} logged step(s) (first: step {self.exploded[0]})")
+        if self.collapsed:
+            parts.append(
+                f"the gradient norm was 0 at {len(self.collapsed)} logged step(s) (first: step {self.collapsed[0]})"
+            )
+        return "; ".join(parts)
+
+    def metrics(self) -> dict[str, int]:
+        """For the final metrics (all_results.json): the counts and first steps, only when something happened."""
+        out = {}
+        if self.exploded:
+            out.update(train_loss_explosion_steps=len(self.exploded), train_loss_explosion_first_step=self.exploded[0])
+        if self.collapsed:
+            out.update(
+                train_zero_grad_norm_steps=len(self.collapsed), train_zero_grad_norm_first_step=self.collapsed[0]
+            )
+        return out

@@ -32,6 +32,7 @@ is why they are vetted with the restricted loader first.) ``training_args.bin`` 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -45,7 +46,7 @@ from pathlib import Path
 import torch
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, DiskFullError
 
 logger = logging.getLogger(__name__)
 
@@ -57,12 +58,14 @@ __all__ = [
     "atomic_write_bytes",
     "complete_checkpoints",
     "checkpoint_problem",
+    "disk_full_error",
     "mark_complete",
     "newest_complete_checkpoint",
     "publish",
     "remove_directory",
     "remove_stale_temporaries",
     "scan_checkpoints",
+    "set_run_id",
     "staging_path",
     "vet_checkpoint",
 ]
@@ -101,10 +104,23 @@ def _file_sizes(root: Path) -> dict[str, int]:
     }
 
 
+_run_id = ""  # this run's id (`set_run_id`), in its staging folders' names
+
+
+def set_run_id(run_id: str) -> None:
+    """Name this run's staging folders after `run_id` (the same on every rank), so that two runs writing one
+    folder never share (or delete) each other's (`training.output_dir` locks the folder; this is the second
+    guard)."""
+    global _run_id
+    _run_id = run_id
+
+
 def staging_path(target: str | os.PathLike) -> Path:
-    """Where `target` is written before `publish`: ``<parent>/.tmp-<name>/<name>`` (the same on every rank)."""
+    """Where `target` is written before `publish`: ``<parent>/.tmp-<name>[-<run id>]/<name>`` (the same on every
+    rank)."""
     target = Path(target)
-    return target.parent / f"{TMP_PREFIX}{target.name}" / target.name
+    suffix = f"-{_run_id}" if _run_id else ""
+    return target.parent / f"{TMP_PREFIX}{target.name}{suffix}" / target.name
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -190,11 +206,25 @@ def atomic_directory(
         barrier()
         if main_process:
             publish(staged, target, complete_marker=complete_marker)
-    except BaseException:
+    except BaseException as err:
         if main_process:
             shutil.rmtree(staged.parent, ignore_errors=True)
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC and not isinstance(err, DiskFullError):
+            raise disk_full_error(err, target.parent, target) from err
         raise
     barrier()
+
+
+def disk_full_error(err: OSError, output_dir: str | os.PathLike, writing: str | os.PathLike) -> DiskFullError:
+    """`DiskFullError` for an ENOSPC met while writing `writing` into the run's `output_dir`: the file (the
+    error's, else `writing`), and the newest checkpoint that is complete, hence intact."""
+    newest = newest_complete_checkpoint(output_dir)
+    intact = f"checkpoints up to {Path(newest).name} are intact" if newest else "no complete checkpoint was written"
+    return DiskFullError(
+        errno.ENOSPC,
+        f"no space left on device while writing {err.filename or writing}; {intact}. Free space (or keep fewer "
+        "checkpoints: --keep_nbest_models, --save_total_limit) and continue with --resume",
+    )
 
 
 def remove_directory(path: str | os.PathLike) -> None:

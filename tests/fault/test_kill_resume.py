@@ -8,6 +8,7 @@ funasr_nano_hf/testing/faults.py); 2 epochs x 2 steps, a checkpoint + evaluation
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 from finetune_runs import LAST_STEP, assert_same_run, finetune_cmd, run, weights
@@ -57,16 +58,20 @@ def test_kill_during_checkpoint_save(tiny_original_dir, fault_data, reference, t
     folder, which the resumed run removes. A torn checkpoint-9 (a complete one minus its marker) planted
     next to it is ignored: resume takes the newest COMPLETE checkpoint."""
     out = tmp_path / "out"
+    stale: list[Path] = []
 
     def plant_torn():
         assert not (out / "checkpoint-3").exists(), "a checkpoint became visible before it was complete"
-        assert (out / ".tmp-checkpoint-3" / "checkpoint-3" / "adapter_model.safetensors").is_file()
+        staged = list(out.glob(".tmp-checkpoint-3-*"))  # named after the killed run's id (output_dir lock)
+        assert len(staged) == 1 and (staged[0] / "checkpoint-3" / "adapter_model.safetensors").is_file()
+        stale.append(staged[0])
         shutil.copytree(out / "checkpoint-2", out / "checkpoint-9")
         (out / "checkpoint-9" / COMPLETE_MARKER).unlink()
 
     log = _kill_then_resume(tiny_original_dir, fault_data, out, "save:3", resumes_from=2, before_resume=plant_torn)
     assert f"ignoring checkpoint {out / 'checkpoint-9'}: no {COMPLETE_MARKER}" in log
-    assert f"removing {out / '.tmp-checkpoint-3'}" in log
+    assert f"removing {stale[0]}" in log
+    assert "took over the stale lock" in log and "is not running" in log  # the killed run's lock
     shutil.rmtree(out / "checkpoint-9")  # not part of the comparison
     assert_same_run(out, reference)
 
