@@ -185,12 +185,71 @@ class FunAsrNanoHfForConditionalGeneration(FunAsrNanoForConditionalGeneration):
     def from_pretrained(
         cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any
     ) -> FunAsrNanoHfForConditionalGeneration:
-        """transformers' load, plus `funasr_extra_state` from EXTRA_STATE_FILE when the folder has one."""
+        """transformers' load, plus `funasr_extra_state` from EXTRA_STATE_FILE when the folder has one. An ORIGINAL
+        FunASR folder (config.yaml + model.pt) is read through `conversion.load_pretrained` instead (``dtype`` /
+        ``torch_dtype`` and ``device_map`` naming one device are honoured), so that peft's `AutoPeftModel`, which
+        calls this method with the adapter's ``base_model_name_or_path``, can build a FunASR base too."""
+        original = _original_folder(pretrained_model_name_or_path, kwargs.get("revision"))
+        if original is not None:
+            return _load_original_folder(cls, original, args, kwargs)
         model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         extra = os.path.join(str(pretrained_model_name_or_path), EXTRA_STATE_FILE)
         if os.path.isfile(extra):
             model.funasr_extra_state = load_file(extra)
         return model
+
+
+def _original_folder(name: str | os.PathLike, revision: str | None) -> str | None:
+    """The local folder of `name` when it is an ORIGINAL FunASR model (a folder with config.yaml + model.pt, or a
+    Hub id whose snapshot is one); None for anything transformers reads itself."""
+    from ..conversion.loading import detect_layout, resolve_model_dir
+
+    folder = str(name)
+    if not os.path.isdir(folder):
+        if os.path.exists(folder) or not _looks_like_original_hub_id(folder, revision):
+            return None
+        folder = str(resolve_model_dir(folder, revision=revision))
+    try:
+        return folder if detect_layout(folder) == "original" else None
+    except Exception:  # not ours: let transformers report it
+        return None
+
+
+def _looks_like_original_hub_id(name: str, revision: str | None) -> bool:
+    """Whether Hub model `name` ships FunASR's layout (model.pt, no config.json); False when it cannot be told."""
+    try:
+        from huggingface_hub import file_exists
+
+        return file_exists(name, "model.pt", revision=revision) and not file_exists(name, "config.json", revision=revision)
+    except Exception:  # offline, unknown repo, not a repo id: transformers gives its own error
+        return False
+
+
+def _load_original_folder(
+    cls: type[FunAsrNanoHfForConditionalGeneration], folder: str, args: tuple, kwargs: dict[str, Any]
+) -> FunAsrNanoHfForConditionalGeneration:
+    """`conversion.load_pretrained` of an original folder for `cls.from_pretrained`; options it cannot honour are
+    refused by name rather than ignored."""
+    from ..conversion.loading import load_pretrained
+
+    kwargs = dict(kwargs)
+    kwargs.pop("revision", None)
+    dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None)
+    if isinstance(dtype, str):
+        dtype = None if dtype == "auto" else getattr(torch, dtype)
+    device = kwargs.pop("device_map", None) or "cpu"
+    for harmless in ("trust_remote_code", "token", "cache_dir", "local_files_only"):
+        kwargs.pop(harmless, None)
+    if args or kwargs or not isinstance(device, (str, torch.device)) or device == "auto":
+        raise ValueError(
+            f"{folder} is an original FunASR folder (config.yaml + model.pt): from_pretrained reads it with dtype and "
+            f"a single-device device_map only; got {sorted(kwargs) or ''} {args or ''} device_map={device!r}. "
+            "Convert it with `funasr-nano-hf convert-model` for every transformers loading option."
+        )
+    model, _ = load_pretrained(folder, dtype=dtype, device=device)
+    if not isinstance(model, cls):
+        raise TypeError(f"{folder} loads as {type(model).__name__}, not {cls.__name__}")
+    return model
 
 
 AutoModel.register(FunAsrNanoHfConfig, FunAsrNanoHfModel)

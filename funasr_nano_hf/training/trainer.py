@@ -290,6 +290,7 @@ class FunAsrNanoTrainer(Trainer):
         self.eval_max_new_tokens = eval_max_new_tokens
         self._batch_sampler = None
         self.card_info = card_info
+        self._card_options = None  # the last create_model_card keyword arguments (model_card.CardOptions)
         self.compute_transcript_metrics = compute_transcript_metrics
         self.add_callback(_EpochEvents(self))
         self.nonfinite = NonFiniteGuard(
@@ -369,7 +370,13 @@ class FunAsrNanoTrainer(Trainer):
         guard that what was written holds every trained parameter (`checkpointing.check_saved_covers_training`)."""
         super()._save(output_dir, state_dict)
         if self.args.should_save:
-            check_saved_covers_training(self.accelerator.unwrap_model(self.model), output_dir or self.args.output_dir)
+            folder = output_dir or self.args.output_dir
+            check_saved_covers_training(self.accelerator.unwrap_model(self.model), folder)
+            if self.card_info is not None:
+                from .model_card import fix_adapter_config
+
+                fix_adapter_config(folder, self.card_info)  # the base named for peft's AutoPeftModel
+                self.write_model_card(folder)  # replaces peft's blank template
 
     # -- hub: only what belongs in a model repository -----------------------------------------------------
     def _upload_model_repo(
@@ -581,20 +588,38 @@ class FunAsrNanoTrainer(Trainer):
             first,
         )
 
-    def create_model_card(self, model_name: str | None = None, **kwargs) -> None:
-        """The card `push_to_hub` uploads: base model, data, CER with its normaliser, training options."""
+    def create_model_card(self, model_name: str | None = None, **kwargs: Any) -> None:
+        """The card `push_to_hub` uploads (``<output_dir>/README.md``), built from `card_info` with the Trainer's
+        keyword arguments honoured: ``language``, ``license``, ``tags``, ``model_name``, ``finetuned_from`` (the
+        base's Hub id), ``tasks``, ``dataset_tags``, ``dataset``, ``dataset_args``
+        (`model_card.CardOptions`); they are kept for the cards of folders saved afterwards."""
         if self.card_info is None:
             return super().create_model_card(model_name=model_name, **kwargs)
-        if not self.is_world_process_zero():
-            return
-        from .model_card import render_model_card
+        from .model_card import CardOptions
 
-        metrics = {}
+        self._card_options = CardOptions.from_kwargs({"model_name": model_name, **kwargs})
+        if self.is_world_process_zero():
+            self.write_model_card(self.args.output_dir)
+
+    def write_model_card(self, folder: str | os.PathLike, *, merged: bool = False) -> None:
+        """README.md of a saved adapter (or, `merged`, of the model with the adapter merged) in `folder`: the
+        run's `card_info`, the evaluation metrics logged so far (the latest of each) and the options of the
+        last `create_model_card` call. Needs `card_info`."""
+        from .model_card import CardOptions, build_model_card
+
+        if self.card_info is None:
+            raise ValueError("write_model_card needs the trainer's card_info (model_card.CardInfo)")
+        options = getattr(self, "_card_options", None) or CardOptions()
+        metrics: dict[str, float] = {}
         for entry in self.state.log_history:
             metrics.update({k: v for k, v in entry.items() if k.startswith("eval_")})
-        name = model_name or self.args.hub_model_id or os.path.basename(os.path.abspath(self.args.output_dir))
-        with open(os.path.join(self.args.output_dir, "README.md"), "w", encoding="utf-8") as handle:
-            handle.write(render_model_card(self.card_info, metrics, name))
+        name = (
+            options.model_name
+            or (self.args.hub_model_id or "").split("/")[-1]
+            or os.path.basename(os.path.abspath(self.args.output_dir))
+        )
+        card = build_model_card(self.card_info, metrics, name, merged=merged, options=options)
+        card.save(os.path.join(folder, "README.md"))
 
     # -- evaluation: loss, FunASR's token accuracy, CER from batched generation ----------------------------------
     def prediction_step(
