@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModel, AutoModelForSpeechSeq2Seq
+from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.fun_asr_nano.modeling_fun_asr_nano import (
     FunAsrNanoForConditionalGeneration,
@@ -26,6 +27,8 @@ from transformers.models.fun_asr_nano.modeling_fun_asr_nano import (
     FunAsrNanoModelOutputWithPast,
     FunAsrNanoPreTrainedModel,
 )
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, can_return_tuple
 
 from .configuration_funasr_nano import FunAsrNanoHfConfig
 from .processing_funasr_nano import audio_token_count
@@ -95,11 +98,12 @@ class FunAsrNanoHfModel(FunAsrNanoModel):
             rounded = _rounded_rotary_class(type(rotary), _rope_rounding_dtype(config.rope_inv_freq_dtype))
             self.language_model.rotary_emb = rounded(config=self.language_model.config).to(rotary.inv_freq.device)
 
+    @can_return_tuple
     def get_audio_features(
-        self, input_features: torch.Tensor, input_features_mask: torch.Tensor, **kwargs
-    ) -> FunAsrNanoHfAudioOutput:
-        """Encoder + adaptor; `pooler_output` holds the frames the LLM sees, clip after clip."""
-        kwargs.pop("return_dict", None)  # always a ModelOutput here
+        self, input_features: torch.Tensor, input_features_mask: torch.Tensor, **kwargs: Unpack[TransformersKwargs]
+    ) -> tuple | FunAsrNanoHfAudioOutput:
+        """Encoder + adaptor; `pooler_output` holds the frames the LLM sees, clip after clip. ``return_dict=False``
+        gives the tuple, as the parent's ``@can_return_tuple`` contract says."""
         encoder_outputs = self.audio_tower(
             input_features=input_features, input_features_mask=input_features_mask, return_dict=True, **kwargs
         )
@@ -117,31 +121,49 @@ class FunAsrNanoHfModel(FunAsrNanoModel):
             audio_token_lengths=lengths,
         )
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         input_features: torch.Tensor | None = None,
         input_features_mask: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
         audio_embeds: torch.Tensor | None = None,
         audio_embeds_mask: torch.Tensor | None = None,
-        **kwargs,
-    ) -> FunAsrNanoModelOutputWithPast:
-        """`audio_embeds` [batch, tokens, llm_hidden] (+ mask): the adaptor frames the LLM sees, precomputed
-        (frozen-path caching) — they replace the audio encoder and adaptor."""
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple | FunAsrNanoModelOutputWithPast:
+        """The parent's forward (same arguments, same outputs), plus `audio_embeds` [batch, tokens, llm_hidden]
+        (+ `audio_embeds_mask`): the adaptor frames the LLM sees, precomputed (frozen-path caching) -- they
+        replace the audio encoder and adaptor and fill the audio placeholders of `input_ids` / `inputs_embeds`."""
+        common = dict(
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            **kwargs,
+        )
         if audio_embeds is None:
             return super().forward(
-                input_ids=input_ids, input_features=input_features, input_features_mask=input_features_mask, **kwargs
+                input_ids=input_ids,
+                input_features=input_features,
+                input_features_mask=input_features_mask,
+                inputs_embeds=inputs_embeds,
+                **common,
             )
         if input_features is not None:
             raise ValueError("pass either input_features or audio_embeds, not both")
-        if input_ids is None or audio_embeds_mask is None:
-            raise ValueError("audio_embeds needs input_ids and audio_embeds_mask")
-        inputs_embeds = self.get_input_embeddings()(input_ids)
+        if (input_ids is None and inputs_embeds is None) or audio_embeds_mask is None:
+            raise ValueError("audio_embeds needs input_ids (or inputs_embeds) and audio_embeds_mask")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
         rows = audio_embeds[audio_embeds_mask.to(torch.bool)]
         placeholders = self.get_placeholder_mask(input_ids, inputs_embeds=inputs_embeds, audio_features=rows)
         inputs_embeds = inputs_embeds.masked_scatter(placeholders, rows.to(inputs_embeds.device, inputs_embeds.dtype))
-        kwargs.pop("inputs_embeds", None)
-        return super().forward(input_ids=None, inputs_embeds=inputs_embeds, **kwargs)
+        return super().forward(input_ids=None, inputs_embeds=inputs_embeds, **common)
 
 
 class FunAsrNanoHfForConditionalGeneration(FunAsrNanoForConditionalGeneration):
