@@ -61,9 +61,7 @@ class EditCounts:
         return (self.substitutions + self.deletions + self.insertions) / self.reference_units
 
 
-def count_edits(
-    predictions: Sequence[str], references: Sequence[str], units: Callable[[str], list[str]]
-) -> EditCounts:
+def count_edits(predictions: Sequence[str], references: Sequence[str], units: Callable[[str], list[str]]) -> EditCounts:
     """Minimum-edit alignment counts of `predictions` against `references`, split into `units`.
 
     A prediction with no unit deletes every reference unit; a reference with no unit adds its prediction's

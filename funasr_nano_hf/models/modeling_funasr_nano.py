@@ -242,7 +242,8 @@ def _looks_like_original_hub_id(name: str, revision: str | None) -> bool:
     try:
         from huggingface_hub import file_exists
 
-        return file_exists(name, "model.pt", revision=revision) and not file_exists(name, "config.json", revision=revision)
+        has_original = file_exists(name, "model.pt", revision=revision)
+        return has_original and not file_exists(name, "config.json", revision=revision)
     except Exception:  # offline, unknown repo, not a repo id: transformers gives its own error
         return False
 

@@ -597,7 +597,8 @@ def apply_evaluation_defaults(
         if "metric_for_best_model" not in explicit or not training_args.metric_for_best_model:
             training_args.metric_for_best_model = metric  # (transformers' own default is "loss")
         if "greater_is_better" not in explicit or training_args.greater_is_better is None:
-            training_args.greater_is_better = not training_args.metric_for_best_model.endswith(("cer", "wer", "mer", "loss"))
+            lower_is_better = ("cer", "wer", "mer", "loss")
+            training_args.greater_is_better = not training_args.metric_for_best_model.endswith(lower_is_better)
         return
     training_args.eval_strategy = "no"
     training_args.do_eval = False

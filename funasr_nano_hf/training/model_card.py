@@ -353,8 +353,12 @@ def _card_text(info: CardInfo, metrics: Mapping[str, float], model_name: str, ad
         ]
     lines += ["", "## Use", "", "```python", "import funasr_nano_hf  # registers the model with transformers"]
     if adapter:
-        lines += ["from peft import AutoPeftModel", "", f'model = AutoPeftModel.from_pretrained("{model_name}"'
-                  + (', import_allowlist=["funasr_nano_hf"])' if info.base_layout == "original" else ")")]
+        lines += [
+            "from peft import AutoPeftModel",
+            "",
+            f'model = AutoPeftModel.from_pretrained("{model_name}"'
+            + (', import_allowlist=["funasr_nano_hf"])' if info.base_layout == "original" else ")"),
+        ]
         lines += [f'processor = funasr_nano_hf.FunAsrNanoHfProcessor.from_pretrained("{model_name}")']
     else:
         lines += [f'model, processor = funasr_nano_hf.load_pretrained("{model_name}")']

@@ -751,8 +751,8 @@ class FunAsrNanoTrainer(Trainer):
         shard = dataset.shard(num_shards=world, index=rank, contiguous=True) if world > 1 else dataset
         pad_id = self.processor.tokenizer.pad_token_id
         batches = featurized_batches(shard, pad_id, batch_size=batch_size, max_new_tokens=self.eval_max_new_tokens)
-        real = -(-len(shard) // batch_size)
-        calls = -(-(-(-len(dataset) // world)) // batch_size)  # the longest (first) contiguous shard's batches
+        real = math.ceil(len(shard) / batch_size)
+        calls = math.ceil(math.ceil(len(dataset) / world) / batch_size)  # the longest (first) contiguous shard's
         if calls > real:  # a repeat of the dataset's first example, decoded and dropped
             filler = next(featurized_batches(dataset.select([0]), pad_id, batch_size=1, max_new_tokens=1))
             batches = _padded(batches, calls - real, filler)
@@ -761,9 +761,7 @@ class FunAsrNanoTrainer(Trainer):
         )
         predictions: list[str] = []
         try:
-            for index, decoded in enumerate(
-                decode_batches(model, self.processor, batches, device=self.args.device)
-            ):
+            for index, decoded in enumerate(decode_batches(model, self.processor, batches, device=self.args.device)):
                 if index < real:
                     predictions.extend(row.text for row in decoded)
                 progress.update(1)

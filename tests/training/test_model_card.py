@@ -85,7 +85,10 @@ def test_trainer_create_model_card_honours_its_keyword_arguments(tiny_original_d
     card = ModelCard.load(tmp_path / "README.md", ignore_metadata_errors=False)
     data = card.data
     assert (data.language, data.license, data.base_model, data.datasets) == (
-        ["yue"], "mit", "someone/base-model", ["someone/my-corpus"]
+        ["yue"],
+        "mit",
+        "someone/base-model",
+        ["someone/my-corpus"],
     )
     assert "cantonese" in data.tags and data.library_name == "transformers"
     name, results = model_index_to_eval_results(data.to_dict()["model-index"])

@@ -42,7 +42,7 @@ def _trained_and_saved(base_dir: Path, layout: str, out: Path) -> torch.nn.Modul
     model = prepare_model_for_finetuning(model, ModelArguments(model_dir=str(base_dir), lora_dropout=0.0))
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for name, parameter in model.named_parameters():
+        for parameter in model.parameters():
             if parameter.requires_grad:  # LoRA matrices and the adaptor copy: the "trained" values
                 parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
     info = CardInfo(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datasets
 import evaluate
+
 from funasr_nano_hf.evaluation.error_rates import error_rates
 from funasr_nano_hf.evaluation.normalizer import NORMALIZER_NAME
 
