@@ -254,9 +254,11 @@ def build_model_card(
     *,
     merged: bool = False,
     options: CardOptions | None = None,
+    repo_id: str | None = None,
 ) -> ModelCard:
     """The card of a saved adapter (``merged=False`` with LoRA) or model: metadata (base model, languages, license,
-    datasets, pipeline tag, library tags, error rates as ``model-index``) and text (data, results, recipe, use)."""
+    datasets, pipeline tag, library tags, error rates as ``model-index``) and text (data, results, recipe, use:
+    loaded from `repo_id`, the Hub repository, when given)."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     options = options or CardOptions()
@@ -298,10 +300,13 @@ def build_model_card(
         tags=tags,
         eval_results=eval_results or None,
     )
-    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + _card_text(info, metrics, model_name, adapter, base_text))
+    text = _card_text(info, metrics, model_name, adapter, base_text, repo_id)
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{text}")
 
 
-def _card_text(info: CardInfo, metrics: Mapping[str, float], model_name: str, adapter: bool, base: str) -> str:
+def _card_text(
+    info: CardInfo, metrics: Mapping[str, float], model_name: str, adapter: bool, base: str, repo_id: str | None
+) -> str:
     kind = "a LoRA adapter (peft)" if adapter else "the full model (LoRA merged)" if info.use_lora else "full weights"
     lines = [
         f"# {model_name}",
@@ -351,17 +356,19 @@ def _card_text(info: CardInfo, metrics: Mapping[str, float], model_name: str, ad
             "",
             "</details>",
         ]
+    where = repo_id or "path/to/this/folder"
     lines += ["", "## Use", "", "```python", "import funasr_nano_hf  # registers the model with transformers"]
     if adapter:
+        allow = ', import_allowlist=["funasr_nano_hf"]' if info.base_layout == "original" else ""
         lines += [
             "from peft import AutoPeftModel",
+            "from transformers import AutoProcessor",
             "",
-            f'model = AutoPeftModel.from_pretrained("{model_name}"'
-            + (', import_allowlist=["funasr_nano_hf"])' if info.base_layout == "original" else ")"),
+            f'model = AutoPeftModel.from_pretrained("{where}"{allow})',
+            f'processor = AutoProcessor.from_pretrained("{where}")',
         ]
-        lines += [f'processor = funasr_nano_hf.FunAsrNanoHfProcessor.from_pretrained("{model_name}")']
     else:
-        lines += [f'model, processor = funasr_nano_hf.load_pretrained("{model_name}")']
+        lines += [f'model, processor = funasr_nano_hf.load_pretrained("{where}")']
     lines += ['print(funasr_nano_hf.transcribe(model, processor, ["audio.wav"]))', "```", ""]
     return "\n".join(lines)
 

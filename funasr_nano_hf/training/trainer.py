@@ -618,7 +618,9 @@ class FunAsrNanoTrainer(Trainer):
             or (self.args.hub_model_id or "").split("/")[-1]
             or os.path.basename(os.path.abspath(self.args.output_dir))
         )
-        card = build_model_card(self.card_info, metrics, name, merged=merged, options=options)
+        card = build_model_card(
+            self.card_info, metrics, name, merged=merged, options=options, repo_id=self.args.hub_model_id
+        )
         card.save(os.path.join(folder, "README.md"))
 
     # -- evaluation: loss, FunASR's token accuracy, CER from batched generation ----------------------------------

@@ -13,7 +13,7 @@ import torch
 from helpers import tts_subset
 from huggingface_hub import ModelCard
 from peft import AutoPeftModel
-from transformers import TrainingArguments
+from transformers import AutoProcessor, TrainingArguments
 
 import funasr_nano_hf
 from funasr_nano_hf import load_pretrained, save_hf_folder
@@ -63,7 +63,7 @@ def _assert_same_outputs(trained, loaded, batch) -> None:
     torch.testing.assert_close(actual, expected, rtol=0, atol=0)
 
 
-def test_hf_base_loads_with_auto_peft_model_alone(tiny_original_dir, batch_and_data, tmp_path):
+def test_hf_base_loads_with_auto_peft_model_alone(tiny_original_dir, shared_dir, batch_and_data, tmp_path):
     batch, _ = batch_and_data
     model, processor = load_pretrained(tiny_original_dir)
     base = save_hf_folder(model, processor, tmp_path / "hf_base")
@@ -74,6 +74,11 @@ def test_hf_base_loads_with_auto_peft_model_alone(tiny_original_dir, batch_and_d
     loaded = AutoPeftModel.from_pretrained(str(tmp_path / "final")).eval()
     assert isinstance(loaded.get_base_model(), funasr_nano_hf.FunAsrNanoHfForConditionalGeneration)
     _assert_same_outputs(trained, loaded, batch)
+    processor = AutoProcessor.from_pretrained(str(tmp_path / "final"))  # the README's two lines, then transcribe
+    assert isinstance(processor, funasr_nano_hf.FunAsrNanoHfProcessor)
+    wav = sorted((Path(shared_dir) / "data" / "tts" / "wav" / "valid").glob("*.wav"))[:2]
+    texts = funasr_nano_hf.transcribe(loaded, processor, [str(w) for w in wav], max_new_tokens=5)
+    assert texts == funasr_nano_hf.transcribe(trained, processor, [str(w) for w in wav], max_new_tokens=5)
     card = ModelCard.load(tmp_path / "final" / "README.md")  # ours, not peft's blank template
     assert card.data.library_name == "peft" and card.data.pipeline_tag == "automatic-speech-recognition"
     assert card.data.base_model is None and str(base.resolve()) in card.text  # a local path is no Hub metadata
