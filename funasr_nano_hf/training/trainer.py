@@ -33,7 +33,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -675,7 +675,9 @@ class FunAsrNanoTrainer(Trainer):
         if len(dataset) and "text" in dataset.column_names:
             started = time.perf_counter()
             predictions = self.generate_transcripts(dataset)
-            output.metrics.update(self.transcript_metrics(predictions, list(dataset["text"]), metric_key_prefix))
+            output.metrics.update(
+                self.transcript_metrics(predictions, list(dataset["text"]), metric_key_prefix, taken=output.metrics)
+            )
             logger.info(
                 "%s %s (normaliser %s) on %d utterances, decoded in %.1fs",
                 metric_key_prefix,
@@ -686,8 +688,11 @@ class FunAsrNanoTrainer(Trainer):
             )
         return output
 
-    def transcript_metrics(self, predictions: list[str], references: list[str], prefix: str) -> dict[str, float]:
-        """``<prefix>_cer`` / ``_wer`` / ``_mer`` of the transcripts, then `compute_transcript_metrics`' own."""
+    def transcript_metrics(
+        self, predictions: list[str], references: list[str], prefix: str, taken: Collection[str] = ()
+    ) -> dict[str, float]:
+        """``<prefix>_cer`` / ``_wer`` / ``_mer`` of the transcripts, then `compute_transcript_metrics`' own, which
+        may not reuse a name the evaluation already reports (those, or `taken`: e.g. ``<prefix>_loss``)."""
         scores = compute_error_rates(predictions, references)
         metrics = {f"{prefix}_{name}": float(scores[name]) for name in RATE_NAMES}
         if self.compute_transcript_metrics is not None:
@@ -698,9 +703,9 @@ class FunAsrNanoTrainer(Trainer):
                 )
             for name, value in extra.items():
                 key = name if name.startswith(f"{prefix}_") else f"{prefix}_{name}"
-                if key in metrics:
+                if key in metrics or key in taken:
                     raise ValueError(
-                        f"compute_transcript_metrics returned {name!r}, which the trainer already reports as {key}: "
+                        f"compute_transcript_metrics returned {name!r}, which the evaluation already reports as {key}: "
                         "give your metric another name"
                     )
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -773,7 +778,7 @@ class FunAsrNanoTrainer(Trainer):
         return gather_object(predictions) if world > 1 else predictions
 
 
-def _padded(batches: Any, extra: int, filler: GenerationBatch) -> Any:
+def _padded(batches: Iterable[GenerationBatch], extra: int, filler: GenerationBatch) -> Iterator[GenerationBatch]:
     """`batches`, then `filler` `extra` times."""
     yield from batches
     for _ in range(extra):

@@ -69,8 +69,11 @@ def test_cer_wer_mer_and_a_user_metric_on_the_same_transcripts(model_and_valid, 
 
 def test_a_user_metric_may_not_shadow_a_built_in_one_or_be_no_number(model_and_valid, tmp_path):
     trainer = _trainer(model_and_valid, tmp_path, compute_transcript_metrics=lambda p, r: {"cer": 0.0})
-    with pytest.raises(ValueError, match="'cer', which the trainer already reports as eval_cer"):
+    with pytest.raises(ValueError, match="'cer', which the evaluation already reports as eval_cer"):
         trainer.transcript_metrics(["好"], ["好"], "eval")
+    trainer.compute_transcript_metrics = lambda p, r: {"loss": 0.0}
+    with pytest.raises(ValueError, match="'loss', which the evaluation already reports as eval_loss"):
+        trainer.transcript_metrics(["好"], ["好"], "eval", taken={"eval_loss": 1.0})
     trainer.compute_transcript_metrics = lambda p, r: {"note": "fine"}
     with pytest.raises(TypeError, match="'note' must be a number"):
         trainer.transcript_metrics(["好"], ["好"], "eval")
