@@ -268,10 +268,12 @@ def build_model_card(
     base_text = options.finetuned_from or info.base_model_hub_id or info.base_model
     task = (_as_list(options.tasks) or [PIPELINE_TAG])[0]
     dataset_tags = _as_list(options.dataset_tags)
-    dataset_name = ", ".join(_as_list(options.dataset)) or ", ".join(info.valid_data) or "validation"
+    # metadata names the validation files, not their local folders
+    dataset_name = ", ".join(_as_list(options.dataset)) or ", ".join(Path(p).name for p in info.valid_data)
+    dataset_name = dataset_name or "validation"
     dataset_args = _as_list(options.dataset_args)
     eval_results = []
-    for rate, description in RATE_NAMES.items():
+    for rate in RATE_NAMES:
         value = metrics.get(f"eval_{rate}")
         if value is None:
             continue
@@ -283,7 +285,7 @@ def build_model_card(
                 dataset_args={"config": dataset_args[0]} if dataset_args else None,
                 metric_type=rate,
                 metric_value=round(float(value), 6),
-                metric_name=f"{rate.upper()} ({description}; normaliser {NORMALIZER_NAME})",
+                metric_name=f"{rate.upper()} ({NORMALIZER_NAME})",  # the card's text says what each rate counts
             )
         )
     tags = list(LIBRARY_TAGS) + (["peft", "lora"] if adapter else []) + [PIPELINE_TAG]
