@@ -183,7 +183,9 @@ def _finetune(
         batch_size_sample_max=data_args.batch_size_sample_max,
         eval_max_new_tokens=finetune_args.eval_max_new_tokens,
         callbacks=callbacks,
-        card_info=CardInfo.from_args(model_args, data_args, training_args, train_set, valid_set),
+        card_info=CardInfo.from_args(
+            model_args, data_args, training_args, train_set, valid_set, model_dir=model_dir, finetune_args=finetune_args
+        ),
         on_nonfinite=finetune_args.on_nonfinite,
         scheduler=finetune_args.scheduler,
     )
@@ -317,6 +319,7 @@ def _save_final(
                 merged = _merged_from_saved(model_args, model_dir, adapter)
                 merged.save_pretrained(str(staged))
                 processor.save_pretrained(str(staged))
+                trainer.write_model_card(staged, merged=True)
     if not trainer.args.should_save:
         return
     trained = model_dir if adapter is not None else final

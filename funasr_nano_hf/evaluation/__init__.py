@@ -1,4 +1,5 @@
-"""Scoring: one normaliser and one CER metric, so every number the project reports is comparable.
+"""Scoring: one normaliser and one metric (CER, WER and the mixed error rate, `error_rates`), so every number the
+project reports is comparable.
 
 `load_cer_metric()` loads the bundled `evaluate` module (`metrics/mixed_cer`) from the installed package,
 never from the Hub, so it works with HF_HUB_OFFLINE=1 / HF_DATASETS_OFFLINE=1 (`evaluate.load("cer")`
@@ -12,6 +13,7 @@ import functools
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from funasr_nano_hf.evaluation.error_rates import RATE_NAMES, error_rates
 from funasr_nano_hf.evaluation.normalizer import NORMALIZER_NAME, normalize_text, tokenize_for_cer
 
 if TYPE_CHECKING:
@@ -39,19 +41,26 @@ def _default_metric() -> evaluate.EvaluationModule:
     return load_cer_metric()
 
 
-def compute_cer(predictions: list[str], references: list[str]) -> dict[str, Any]:
-    """Corpus CER of raw `predictions` against raw `references` via the bundled metric.
+def compute_error_rates(predictions: list[str], references: list[str]) -> dict[str, Any]:
+    """Corpus ``cer`` (characters), ``wer`` (words) and ``mer`` (mixed: CJK characters + other words) of raw
+    `predictions` against raw `references` via the bundled metric (`error_rates.error_rates` has the dict).
 
-    Returns the metric's dict: cer, substitutions, deletions, insertions, hits, reference_tokens, normalizer.
     Not thread-safe (it reuses one metric instance); call `load_cer_metric()` per thread if needed.
     """
     return _default_metric().compute(predictions=list(predictions), references=list(references))
 
 
+# The name callers used before the metric reported WER and the mixed rate as well; same dict.
+compute_cer = compute_error_rates
+
+
 __all__ = [
     "MIXED_CER_PATH",
     "NORMALIZER_NAME",
+    "RATE_NAMES",
     "compute_cer",
+    "compute_error_rates",
+    "error_rates",
     "load_cer_metric",
     "normalize_text",
     "tokenize_for_cer",

@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModel, AutoModelForSpeechSeq2Seq
+from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.fun_asr_nano.modeling_fun_asr_nano import (
     FunAsrNanoForConditionalGeneration,
@@ -28,6 +29,8 @@ from transformers.models.fun_asr_nano.modeling_fun_asr_nano import (
     FunAsrNanoModelOutputWithPast,
     FunAsrNanoPreTrainedModel,
 )
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, can_return_tuple
 
 from .configuration_funasr_nano import FunAsrNanoHfConfig
 from .processing_funasr_nano import audio_token_count
@@ -97,11 +100,12 @@ class FunAsrNanoHfModel(FunAsrNanoModel):
             rounded = _rounded_rotary_class(type(rotary), _rope_rounding_dtype(config.rope_inv_freq_dtype))
             self.language_model.rotary_emb = rounded(config=self.language_model.config).to(rotary.inv_freq.device)
 
+    @can_return_tuple
     def get_audio_features(
-        self, input_features: torch.Tensor, input_features_mask: torch.Tensor, **kwargs
-    ) -> FunAsrNanoHfAudioOutput:
-        """Encoder + adaptor; `pooler_output` holds the frames the LLM sees, clip after clip."""
-        kwargs.pop("return_dict", None)  # always a ModelOutput here
+        self, input_features: torch.Tensor, input_features_mask: torch.Tensor, **kwargs: Unpack[TransformersKwargs]
+    ) -> tuple | FunAsrNanoHfAudioOutput:
+        """Encoder + adaptor; `pooler_output` holds the frames the LLM sees, clip after clip. ``return_dict=False``
+        gives the tuple, as the parent's ``@can_return_tuple`` contract says."""
         device_type = input_features.device.type
         autocast_off = (
             torch.autocast(device_type, enabled=False)
@@ -133,31 +137,49 @@ class FunAsrNanoHfModel(FunAsrNanoModel):
             audio_token_lengths=lengths,
         )
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         input_features: torch.Tensor | None = None,
         input_features_mask: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
         audio_embeds: torch.Tensor | None = None,
         audio_embeds_mask: torch.Tensor | None = None,
-        **kwargs,
-    ) -> FunAsrNanoModelOutputWithPast:
-        """`audio_embeds` [batch, tokens, llm_hidden] (+ mask): the adaptor frames the LLM sees, precomputed
-        (frozen-path caching) — they replace the audio encoder and adaptor."""
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple | FunAsrNanoModelOutputWithPast:
+        """The parent's forward (same arguments, same outputs), plus `audio_embeds` [batch, tokens, llm_hidden]
+        (+ `audio_embeds_mask`): the adaptor frames the LLM sees, precomputed (frozen-path caching) -- they
+        replace the audio encoder and adaptor and fill the audio placeholders of `input_ids` / `inputs_embeds`."""
+        common = dict(
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            **kwargs,
+        )
         if audio_embeds is None:
             return super().forward(
-                input_ids=input_ids, input_features=input_features, input_features_mask=input_features_mask, **kwargs
+                input_ids=input_ids,
+                input_features=input_features,
+                input_features_mask=input_features_mask,
+                inputs_embeds=inputs_embeds,
+                **common,
             )
         if input_features is not None:
             raise ValueError("pass either input_features or audio_embeds, not both")
-        if input_ids is None or audio_embeds_mask is None:
-            raise ValueError("audio_embeds needs input_ids and audio_embeds_mask")
-        inputs_embeds = self.get_input_embeddings()(input_ids)
+        if (input_ids is None and inputs_embeds is None) or audio_embeds_mask is None:
+            raise ValueError("audio_embeds needs input_ids (or inputs_embeds) and audio_embeds_mask")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
         rows = audio_embeds[audio_embeds_mask.to(torch.bool)]
         placeholders = self.get_placeholder_mask(input_ids, inputs_embeds=inputs_embeds, audio_features=rows)
         inputs_embeds = inputs_embeds.masked_scatter(placeholders, rows.to(inputs_embeds.device, inputs_embeds.dtype))
-        kwargs.pop("inputs_embeds", None)
-        return super().forward(input_ids=None, inputs_embeds=inputs_embeds, **kwargs)
+        return super().forward(input_ids=None, inputs_embeds=inputs_embeds, **common)
 
 
 class FunAsrNanoHfForConditionalGeneration(FunAsrNanoForConditionalGeneration):
@@ -201,12 +223,72 @@ class FunAsrNanoHfForConditionalGeneration(FunAsrNanoForConditionalGeneration):
     def from_pretrained(
         cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any
     ) -> FunAsrNanoHfForConditionalGeneration:
-        """transformers' load, plus `funasr_extra_state` from EXTRA_STATE_FILE when the folder has one."""
+        """transformers' load, plus `funasr_extra_state` from EXTRA_STATE_FILE when the folder has one. An ORIGINAL
+        FunASR folder (config.yaml + model.pt) is read through `conversion.load_pretrained` instead (``dtype`` /
+        ``torch_dtype`` and ``device_map`` naming one device are honoured), so that peft's `AutoPeftModel`, which
+        calls this method with the adapter's ``base_model_name_or_path``, can build a FunASR base too."""
+        original = _original_folder(pretrained_model_name_or_path, kwargs.get("revision"))
+        if original is not None:
+            return _load_original_folder(cls, original, args, kwargs)
         model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         extra = os.path.join(str(pretrained_model_name_or_path), EXTRA_STATE_FILE)
         if os.path.isfile(extra):
             model.funasr_extra_state = load_file(extra)
         return model
+
+
+def _original_folder(name: str | os.PathLike, revision: str | None) -> str | None:
+    """The local folder of `name` when it is an ORIGINAL FunASR model (a folder with config.yaml + model.pt, or a
+    Hub id whose snapshot is one); None for anything transformers reads itself."""
+    from ..conversion.loading import detect_layout, resolve_model_dir
+
+    folder = str(name)
+    if not os.path.isdir(folder):
+        if os.path.exists(folder) or not _looks_like_original_hub_id(folder, revision):
+            return None
+        folder = str(resolve_model_dir(folder, revision=revision))
+    try:
+        return folder if detect_layout(folder) == "original" else None
+    except Exception:  # not ours: let transformers report it
+        return None
+
+
+def _looks_like_original_hub_id(name: str, revision: str | None) -> bool:
+    """Whether Hub model `name` ships FunASR's layout (model.pt, no config.json); False when it cannot be told."""
+    try:
+        from huggingface_hub import file_exists
+
+        has_original = file_exists(name, "model.pt", revision=revision)
+        return has_original and not file_exists(name, "config.json", revision=revision)
+    except Exception:  # offline, unknown repo, not a repo id: transformers gives its own error
+        return False
+
+
+def _load_original_folder(
+    cls: type[FunAsrNanoHfForConditionalGeneration], folder: str, args: tuple, kwargs: dict[str, Any]
+) -> FunAsrNanoHfForConditionalGeneration:
+    """`conversion.load_pretrained` of an original folder for `cls.from_pretrained`; options it cannot honour are
+    refused by name rather than ignored."""
+    from ..conversion.loading import load_pretrained
+
+    kwargs = dict(kwargs)
+    kwargs.pop("revision", None)
+    dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None)
+    if isinstance(dtype, str):
+        dtype = None if dtype == "auto" else getattr(torch, dtype)
+    device = kwargs.pop("device_map", None) or "cpu"
+    for harmless in ("trust_remote_code", "token", "cache_dir", "local_files_only"):
+        kwargs.pop(harmless, None)
+    if args or kwargs or not isinstance(device, (str, torch.device)) or device == "auto":
+        raise ValueError(
+            f"{folder} is an original FunASR folder (config.yaml + model.pt): from_pretrained reads it with dtype and "
+            f"a single-device device_map only; got {sorted(kwargs) or ''} {args or ''} device_map={device!r}. "
+            "Convert it with `funasr-nano-hf convert-model` for every transformers loading option."
+        )
+    model, _ = load_pretrained(folder, dtype=dtype, device=device)
+    if not isinstance(model, cls):
+        raise TypeError(f"{folder} loads as {type(model).__name__}, not {cls.__name__}")
+    return model
 
 
 AutoModel.register(FunAsrNanoHfConfig, FunAsrNanoHfModel)

@@ -147,8 +147,9 @@ class FinetuneArguments:
     avg_keep_nbest_models_type: str = field(
         default="cer",
         metadata={
-            "help": "what the n best checkpoints are ranked by: cer (eval CER, ours) | acc | loss (FunASR's)",
-            "choices": ["cer", "acc", "loss"],
+            "help": "what the n best checkpoints are ranked by: cer | wer | mer (eval character / word / mixed "
+            "error rate, ours) | acc | loss (FunASR's)",
+            "choices": ["cer", "wer", "mer", "acc", "loss"],
         },
     )
     early_stopping_patience: int = field(
@@ -238,7 +239,7 @@ EVALUATION_HELP = {
     "eval_strategy": "run default: steps with --valid_data, no without",
     "load_best_model_at_end": "run default: true with --valid_data",
     "metric_for_best_model": "run default: eval_cer (validation CER) with --valid_data",
-    "greater_is_better": "run default: false for a metric ending in cer or loss, else true",
+    "greater_is_better": "run default: false for a metric ending in cer, wer, mer or loss, else true",
 }
 
 # Not written to config.yaml: the launcher sets it per process.
@@ -628,7 +629,8 @@ def apply_evaluation_defaults(
         if "metric_for_best_model" not in explicit or not training_args.metric_for_best_model:
             training_args.metric_for_best_model = metric  # (transformers' own default is "loss")
         if "greater_is_better" not in explicit or training_args.greater_is_better is None:
-            training_args.greater_is_better = not training_args.metric_for_best_model.endswith(("cer", "loss"))
+            lower_is_better = ("cer", "wer", "mer", "loss")
+            training_args.greater_is_better = not training_args.metric_for_best_model.endswith(lower_is_better)
         return
     training_args.eval_strategy = "no"
     training_args.do_eval = False

@@ -82,10 +82,13 @@ __all__ = [
     "TrainLog",
 ]
 
-# FunASR's ``avg_keep_nbest_models_type`` (acc | loss) plus our default, the CER of greedy transcripts:
-# the evaluation metric the n best are ranked by, and whether higher is better.
+# FunASR's ``avg_keep_nbest_models_type`` (acc | loss) plus ours, the error rates of greedy transcripts (cer:
+# characters, the default; wer: words; mer: mixed CJK characters + other words, what "cer" meant before they
+# were named apart): the evaluation metric the n best are ranked by, and whether higher is better.
 NBEST_METRICS: dict[str, tuple[str, bool]] = {
     "cer": ("eval_cer", False),
+    "wer": ("eval_wer", False),
+    "mer": ("eval_mer", False),
     "acc": ("eval_acc", True),
     "loss": ("eval_loss", False),
 }

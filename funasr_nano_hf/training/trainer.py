@@ -4,8 +4,13 @@ at every evaluation.
 Evaluation = the Trainer's teacher-forced loss (`eval_loss`), FunASR's teacher-forced token accuracy
 (`eval_acc`: the mean over evaluation batches of each batch's argmax accuracy on the label tokens, as FunASR's
 validation computes ``acc``) + greedy decoding of every eval example's prompt, left-padded in batches by the
-package's one decoding loop (`inference.transcribe_featurized`), scored with the shipped mixed zh/en CER metric
-(`eval_cer`; the normaliser's name is logged next to it, metrics themselves must be numbers).
+package's one decoding loop (`inference.featurized_batches` + `inference.decode_batches`, with a progress bar on
+the main process), scored with the shipped metric (`evaluation.compute_error_rates`): `eval_cer` (characters),
+`eval_wer` (words), `eval_mer` (mixed error rate: CJK characters + other words); the normaliser's name is logged
+next to them (metrics themselves must be numbers). A `compute_transcript_metrics(predictions, references)`
+callable adds its own metrics on the same strings. With several processes every rank runs the same number of
+`generate` calls (short shards are padded with repeats whose output is dropped): under DeepSpeed ZeRO-3 each
+call gathers the partitioned parameters collectively, and one rank calling fewer times would hang the others.
 `evaluate_saved_weights` evaluates another saved model or adapter (the n-best average) with the same loop.
 
 Fault tolerance (tests/fault/README.md):
@@ -28,7 +33,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,8 +47,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from ..data.collator import IGNORE_INDEX
 from ..data.featurize import source_lengths
 from ..data.samplers import build_batch_sampler
-from ..evaluation import NORMALIZER_NAME, compute_cer
-from ..inference.transcribe import transcribe_featurized
+from ..evaluation import NORMALIZER_NAME, RATE_NAMES, compute_error_rates
+from ..inference.transcribe import GenerationBatch, decode_batches, featurized_batches
 from ..testing.faults import fault_point
 from .checkpointing import (
     atomic_directory,
@@ -232,9 +237,14 @@ class FunAsrNanoTrainer(Trainer):
       sorted by length (``<= 0``: no sorting), and the most examples in one batch (FunASR's ``dataset_conf``).
     * `eval_max_new_tokens` -- the cap on generated tokens per clip in CER decoding; None scales it with the
       batch's longest clip (`inference.default_max_new_tokens`).
-    * `card_info` -- a `model_card.CardInfo`: the model card `push_to_hub` uploads is rendered from it (base
-      model, data, CER with its normaliser, training options) instead of the Trainer's draft; None keeps the
-      Trainer's.
+    * `compute_transcript_metrics` -- ``f(predictions, references) -> {name: number}`` on the greedy transcripts
+      and the ``text`` references (raw strings, dataset order), called at every evaluation after the built-in
+      ``cer``/``wer``/``mer``; its metrics are logged as ``<prefix>_<name>`` (e.g. ``eval_bleu``) and can rank
+      checkpoints (``metric_for_best_model``). The Trainer's own ``compute_metrics`` keeps its meaning (an
+      ``EvalPrediction`` of the teacher-forced logits and labels) and is passed through unchanged.
+    * `card_info` -- a `model_card.CardInfo`: the model card of ``final/``, ``final_merged/`` and `push_to_hub`
+      is rendered from it (base model, data, error rates with their normaliser, the recipe) instead of the
+      Trainer's draft; None keeps the Trainer's.
     * `on_nonfinite` -- ``"stop"`` (default) or ``"skip"``: what a NaN/inf loss or gradient does
       (`nonfinite.NonFiniteGuard`).
     * `scheduler` -- ``"warmuplr"`` (default): FunASR's learning-rate schedule (`schedulers`), warm-up length
@@ -262,6 +272,7 @@ class FunAsrNanoTrainer(Trainer):
         batch_size_sample_max: int | None = 200,
         eval_max_new_tokens: int | None = None,
         card_info: Any = None,
+        compute_transcript_metrics: Callable[[list[str], list[str]], dict[str, float]] | None = None,
         on_nonfinite: str = "stop",
         scheduler: str = WARMUPLR,
         grad_scaler_kwargs: dict[str, Any] | None = None,
@@ -283,6 +294,8 @@ class FunAsrNanoTrainer(Trainer):
         self.eval_max_new_tokens = eval_max_new_tokens
         self._batch_sampler = None
         self.card_info = card_info
+        self._card_options = None  # the last create_model_card keyword arguments (model_card.CardOptions)
+        self.compute_transcript_metrics = compute_transcript_metrics
         self.add_callback(_EpochEvents(self))
         # fp16: always a GradScaler, on CPU too (accelerate builds none there)
         self.grad_scaler = install_grad_scaler(self.accelerator, **(grad_scaler_kwargs or {}))
@@ -366,7 +379,13 @@ class FunAsrNanoTrainer(Trainer):
         guard that what was written holds every trained parameter (`checkpointing.check_saved_covers_training`)."""
         super()._save(output_dir, state_dict)
         if self.args.should_save:
-            check_saved_covers_training(self.accelerator.unwrap_model(self.model), output_dir or self.args.output_dir)
+            folder = output_dir or self.args.output_dir
+            check_saved_covers_training(self.accelerator.unwrap_model(self.model), folder)
+            if self.card_info is not None:
+                from .model_card import fix_adapter_config
+
+                fix_adapter_config(folder, self.card_info)  # the base named for peft's AutoPeftModel
+                self.write_model_card(folder)  # replaces peft's blank template
 
     # -- hub: only what belongs in a model repository -----------------------------------------------------
     def _upload_model_repo(
@@ -584,20 +603,40 @@ class FunAsrNanoTrainer(Trainer):
             first,
         )
 
-    def create_model_card(self, model_name: str | None = None, **kwargs) -> None:
-        """The card `push_to_hub` uploads: base model, data, CER with its normaliser, training options."""
+    def create_model_card(self, model_name: str | None = None, **kwargs: Any) -> None:
+        """The card `push_to_hub` uploads (``<output_dir>/README.md``), built from `card_info` with the Trainer's
+        keyword arguments honoured: ``language``, ``license``, ``tags``, ``model_name``, ``finetuned_from`` (the
+        base's Hub id), ``tasks``, ``dataset_tags``, ``dataset``, ``dataset_args``
+        (`model_card.CardOptions`); they are kept for the cards of folders saved afterwards."""
         if self.card_info is None:
             return super().create_model_card(model_name=model_name, **kwargs)
-        if not self.is_world_process_zero():
-            return
-        from .model_card import render_model_card
+        from .model_card import CardOptions
 
-        metrics = {}
+        self._card_options = CardOptions.from_kwargs({"model_name": model_name, **kwargs})
+        if self.is_world_process_zero():
+            self.write_model_card(self.args.output_dir)
+
+    def write_model_card(self, folder: str | os.PathLike, *, merged: bool = False) -> None:
+        """README.md of a saved adapter (or, `merged`, of the model with the adapter merged) in `folder`: the
+        run's `card_info`, the evaluation metrics logged so far (the latest of each) and the options of the
+        last `create_model_card` call. Needs `card_info`."""
+        from .model_card import CardOptions, build_model_card
+
+        if self.card_info is None:
+            raise ValueError("write_model_card needs the trainer's card_info (model_card.CardInfo)")
+        options = getattr(self, "_card_options", None) or CardOptions()
+        metrics: dict[str, float] = {}
         for entry in self.state.log_history:
             metrics.update({k: v for k, v in entry.items() if k.startswith("eval_")})
-        name = model_name or self.args.hub_model_id or os.path.basename(os.path.abspath(self.args.output_dir))
-        with open(os.path.join(self.args.output_dir, "README.md"), "w", encoding="utf-8") as handle:
-            handle.write(render_model_card(self.card_info, metrics, name))
+        name = (
+            options.model_name
+            or (self.args.hub_model_id or "").split("/")[-1]
+            or os.path.basename(os.path.abspath(self.args.output_dir))
+        )
+        card = build_model_card(
+            self.card_info, metrics, name, merged=merged, options=options, repo_id=self.args.hub_model_id
+        )
+        card.save(os.path.join(folder, "README.md"))
 
     # -- evaluation: loss, FunASR's token accuracy, CER from batched generation ----------------------------------
     def prediction_step(
@@ -651,17 +690,43 @@ class FunAsrNanoTrainer(Trainer):
         if len(dataset) and "text" in dataset.column_names:
             started = time.perf_counter()
             predictions = self.generate_transcripts(dataset)
-            scores = compute_cer(predictions, list(dataset["text"]))
-            output.metrics[f"{metric_key_prefix}_cer"] = scores["cer"]
+            output.metrics.update(
+                self.transcript_metrics(predictions, list(dataset["text"]), metric_key_prefix, taken=output.metrics)
+            )
             logger.info(
-                "%s CER %.4f (normaliser %s) on %d utterances, decoded in %.1fs",
+                "%s %s (normaliser %s) on %d utterances, decoded in %.1fs",
                 metric_key_prefix,
-                scores["cer"],
+                ", ".join(f"{name.upper()} {output.metrics[f'{metric_key_prefix}_{name}']:.4f}" for name in RATE_NAMES),
                 NORMALIZER_NAME,
                 len(predictions),
                 time.perf_counter() - started,
             )
         return output
+
+    def transcript_metrics(
+        self, predictions: list[str], references: list[str], prefix: str, taken: Collection[str] = ()
+    ) -> dict[str, float]:
+        """``<prefix>_cer`` / ``_wer`` / ``_mer`` of the transcripts, then `compute_transcript_metrics`' own, which
+        may not reuse a name the evaluation already reports (those, or `taken`: e.g. ``<prefix>_loss``)."""
+        scores = compute_error_rates(predictions, references)
+        metrics = {f"{prefix}_{name}": float(scores[name]) for name in RATE_NAMES}
+        if self.compute_transcript_metrics is not None:
+            extra = self.compute_transcript_metrics(list(predictions), list(references))
+            if not isinstance(extra, dict):
+                raise TypeError(
+                    f"compute_transcript_metrics must return a dict of name -> number, got {type(extra).__name__}"
+                )
+            for name, value in extra.items():
+                key = name if name.startswith(f"{prefix}_") else f"{prefix}_{name}"
+                if key in metrics or key in taken:
+                    raise ValueError(
+                        f"compute_transcript_metrics returned {name!r}, which the evaluation already reports as {key}: "
+                        "give your metric another name"
+                    )
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise TypeError(f"compute_transcript_metrics: {name!r} must be a number, got {value!r}")
+                metrics[key] = float(value)
+        return metrics
 
     def evaluate_saved_weights(
         self, folder: str | os.PathLike, *, restore: str | os.PathLike, metric_key_prefix: str
@@ -693,25 +758,46 @@ class FunAsrNanoTrainer(Trainer):
 
     @torch.no_grad()
     def generate_transcripts(self, dataset: Any, batch_size: int | None = None) -> list[str]:
-        """Greedy transcripts of every example's prompt (`inference.transcribe_featurized`: the package's one
-        decoding loop), batched in dataset order and left-padded; with several processes each decodes a
-        contiguous shard and the strings are gathered in dataset order."""
+        """Greedy transcripts of every example's prompt (`inference.decode_batches`: the package's one decoding
+        loop), batched in dataset order and left-padded, with a progress bar on the main process; with several
+        processes each decodes a contiguous shard -- padded to the longest shard's number of batches, see the
+        module docstring -- and the strings are gathered in dataset order."""
         from accelerate.utils import gather_object
+        from tqdm.auto import tqdm
 
         model = self.accelerator.unwrap_model(self.model)
         was_training = model.training
         model.eval()
         world, rank = self.args.world_size, self.args.process_index
+        batch_size = batch_size or self.args.per_device_eval_batch_size
         shard = dataset.shard(num_shards=world, index=rank, contiguous=True) if world > 1 else dataset
-        with self.accelerator.autocast():  # the training's mixed precision (the audio path stays fp32)
-            decoded = transcribe_featurized(
-                model,
-                self.processor,
-                shard,
-                batch_size=batch_size or self.args.per_device_eval_batch_size,
-                max_new_tokens=self.eval_max_new_tokens,
-                device=self.args.device,
-            )
-        predictions = [row.text for row in decoded]
-        model.train(was_training)
+        pad_id = self.processor.tokenizer.pad_token_id
+        batches = featurized_batches(shard, pad_id, batch_size=batch_size, max_new_tokens=self.eval_max_new_tokens)
+        real = math.ceil(len(shard) / batch_size)
+        calls = math.ceil(math.ceil(len(dataset) / world) / batch_size)  # the longest (first) contiguous shard's
+        if calls > real:  # a repeat of the dataset's first example, decoded and dropped
+            filler = next(featurized_batches(dataset.select([0]), pad_id, batch_size=1, max_new_tokens=1))
+            batches = _padded(batches, calls - real, filler)
+        progress = tqdm(
+            total=calls, desc="decoding for CER", disable=not self.is_local_process_zero() or self.args.disable_tqdm
+        )
+        predictions: list[str] = []
+        try:
+            with self.accelerator.autocast():  # the training's mixed precision (the audio path stays fp32)
+                for index, decoded in enumerate(
+                    decode_batches(model, self.processor, batches, device=self.args.device)
+                ):
+                    if index < real:
+                        predictions.extend(row.text for row in decoded)
+                    progress.update(1)
+        finally:
+            progress.close()
+            model.train(was_training)
         return gather_object(predictions) if world > 1 else predictions
+
+
+def _padded(batches: Iterable[GenerationBatch], extra: int, filler: GenerationBatch) -> Iterator[GenerationBatch]:
+    """`batches`, then `filler` `extra` times."""
+    yield from batches
+    for _ in range(extra):
+        yield filler

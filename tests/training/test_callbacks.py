@@ -610,7 +610,13 @@ def test_nbest_without_validation_keeps_and_averages_the_newest(tmp_path):
 
 def test_nbest_higher_is_better_for_acc(trained, tmp_path):
     """FunASR's avg_keep_nbest_models_type: acc ranks the highest first, loss/cer the lowest."""
-    assert NBEST_METRICS == {"cer": ("eval_cer", False), "acc": ("eval_acc", True), "loss": ("eval_loss", False)}
+    assert NBEST_METRICS == {
+        "cer": ("eval_cer", False),
+        "wer": ("eval_wer", False),
+        "mer": ("eval_mer", False),
+        "acc": ("eval_acc", True),
+        "loss": ("eval_loss", False),
+    }
     trainer, _, _ = trained
     scores = cer_by_step(trainer.state.log_history)
     higher = NBestCheckpointCallback(metric="eval_cer", greater_is_better=True)._rank(scores)

@@ -110,12 +110,23 @@ def test_push_uploads_the_model_repository_only(pushed_run):
 
 @pytest.mark.slow
 def test_push_card_describes_the_run(pushed_run, tiny_original_dir):
+    from huggingface_hub import ModelCard
+
     card = pushed_run["uploads"][-1]["card"]
-    assert card.startswith("---\n") and f"base_model: {tiny_original_dir}" in card
-    assert "library_name: peft" in card and "funasr_nano_hf.mixed_v1" in card
+    data = ModelCard(card, ignore_metadata_errors=False).data  # valid Hub metadata
+    assert data.base_model is None and str(tiny_original_dir) in card  # a local base: in the text only
+    assert data.library_name == "peft" and data.pipeline_tag == "automatic-speech-recognition"
+    assert "funasr_nano_hf.mixed_v1" in card and {"eval_cer", "eval_wer", "eval_mer"} <= set(
+        f"eval_{r.metric_type}" for r in data.eval_results
+    )
     assert "| eval_cer |" in card and "train.jsonl — 16 utterances" in card
     assert "| lora | r=8, alpha=16, dropout=0.1, targets=q_proj,k_proj,v_proj,o_proj |" in card
     assert "| trained | LoRA |" in card
+    # final/ carries the same kind of card (not peft's blank template) and names its base for AutoPeftModel
+    final = pushed_run["out"] / "final"
+    assert ModelCard.load(final / "README.md").data.library_name == "peft"
+    adapter = json.loads((final / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(tiny_original_dir.resolve())
 
 
 @pytest.mark.slow
