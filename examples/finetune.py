@@ -31,6 +31,7 @@ from transformers import TrainerCallback, TrainingArguments, set_seed
 
 from funasr_nano_hf import load_pretrained
 from funasr_nano_hf.conversion.loading import detect_layout, resolve_model_dir
+from funasr_nano_hf.data.augmentation import Augmentation
 from funasr_nano_hf.data.collator import FunAsrNanoCollator
 from funasr_nano_hf.data.featurize import MAX_PROBLEMS_SHOWN, DataConfig, build_dataset
 from funasr_nano_hf.models.processing_funasr_nano import FunAsrNanoHfProcessor
@@ -94,13 +95,25 @@ def _finetune(
         model_dir = resolve_model_dir(model_args.model_dir, hub=model_args.hub, revision=model_args.model_revision)
     model, processor = load_pretrained(model_dir)
 
-    # 4. Load and featurize data
+    # 4. Load the data: lengths and token ids cached; training features computed on the fly in the loader workers
+    #    (with FunASR's dither, seeded per example), or precomputed (--precompute_features, --cache_frozen_audio);
+    #    evaluation features precomputed, clean
     data_config = DataConfig.from_args(data_args)
-    with training_args.main_process_first(desc="featurizing"):
-        train_set, train_report = build_dataset(data_args.train_data, processor, data_config)
+    precompute = data_args.precompute_features or data_args.cache_frozen_audio
+    if data_args.cache_frozen_audio and not data_args.precompute_features:
+        logger.info("--cache_frozen_audio: training features precomputed (the frozen-path cache is built on them)")
+    seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
+    with training_args.main_process_first(desc="preparing data"):
+        train_set, train_report = build_dataset(
+            data_args.train_data,
+            processor,
+            data_config,
+            precompute_features=precompute,
+            augmentation=Augmentation(dither=data_args.dither, seed=seed),
+        )
         valid_set = None
         if data_args.valid_data:
-            valid_set, _ = build_dataset(data_args.valid_data, processor, data_config)
+            valid_set, _ = build_dataset(data_args.valid_data, processor, data_config, precompute_features=True)
             if data_args.max_eval_samples:
                 valid_set = valid_set.select(range(min(data_args.max_eval_samples, len(valid_set))))
     logger.info("train data: %s", train_report.format(MAX_PROBLEMS_SHOWN))

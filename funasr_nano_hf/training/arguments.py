@@ -109,8 +109,14 @@ class DataArguments:
     num_workers: int = field(default=4)
     feature_num_proc: int = _data_config_field("num_proc")
     on_bad_data: str = _data_config_field("on_bad_data")
+    precompute_features: bool = _data_config_field("precompute_features")
+    dither: float = _data_config_field("dither")
     cache_frozen_audio: bool = field(
-        default=False, metadata={"help": "compute the frozen encoder+adaptor once and store it with the dataset"}
+        default=False,
+        metadata={
+            "help": "compute the frozen encoder+adaptor once and store it with the dataset (implies "
+            "--precompute_features true: the cache is of clean features)"
+        },
     )
     max_eval_samples: int | None = field(default=None)
 

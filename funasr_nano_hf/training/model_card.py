@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from ..data.featurize import FRAMES_PER_SECOND
+from ..data.featurize import FRAMES_PER_SECOND, plain
 from ..evaluation import NORMALIZER_NAME
 
 if TYPE_CHECKING:
@@ -56,7 +56,7 @@ class CardInfo:
             train_data=list(data_args.train_data),
             valid_data=list(data_args.valid_data),
             train_examples=len(train_set),
-            train_hours=sum(train_set["num_frames"]) / FRAMES_PER_SECOND / 3600,
+            train_hours=sum(plain(train_set)["num_frames"]) / FRAMES_PER_SECOND / 3600,
             valid_examples=len(valid_set) if valid_set is not None else 0,
             use_lora=model_args.use_lora,
             options={

@@ -39,8 +39,8 @@ from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
-from ..data.collator import IGNORE_INDEX
-from ..data.featurize import source_lengths
+from ..data.collator import IGNORE_INDEX, SKIPPED_FIELD, loadable
+from ..data.featurize import set_epoch, source_lengths
 from ..data.samplers import build_batch_sampler
 from ..evaluation import NORMALIZER_NAME, compute_cer
 from ..inference.transcribe import transcribe_featurized
@@ -194,6 +194,7 @@ class _EpochEvents(TrainerCallback):
     def on_epoch_begin(self, args, state, control, **kwargs):
         if self.trainer._batch_sampler is not None:
             self.trainer._batch_sampler.set_epoch(int(state.epoch or 0))
+        set_epoch(self.trainer.train_dataset, int(state.epoch or 0))  # on-the-fly augmentation is seeded per epoch
 
     def on_epoch_end(self, args, state, control, **kwargs):
         fault_point("epoch_end")
@@ -207,6 +208,7 @@ class _WithKeys:
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         batch = self.collate(examples)
+        examples = loadable(examples)  # the collator drops (and names) examples whose audio did not load
         if "key" in examples[0]:
             batch[KEYS_FIELD] = [str(example["key"]) for example in examples]
         return batch
@@ -284,6 +286,7 @@ class FunAsrNanoTrainer(Trainer):
             on_nonfinite, distributed=self.args.world_size > 1, deepspeed=self.is_deepspeed_enabled
         )
         self._step_keys: list[str] | None = None  # set while a training step runs
+        self.data_skipped: list[str] = []  # examples dropped by the train collator (audio failed to load)
         self._staging_root: str | None = None  # set while a checkpoint is written
         protect_secrets(self.args)  # training_args.bin (checkpoints, final/, pushes) carries no credential
 
@@ -303,6 +306,9 @@ class FunAsrNanoTrainer(Trainer):
             logger.info("resuming from %s", resume_from_checkpoint)
         self.accelerator.wait_for_everyone()
         output = super().train(resume_from_checkpoint or None, *args, **kwargs)
+        if self.data_skipped:
+            output.metrics["train_skipped_examples"] = len(self.data_skipped)
+            logger.warning("%d training examples skipped: their audio could not be loaded", len(self.data_skipped))
         summary = self.nonfinite.summary()
         if summary:
             logger.warning(summary)
@@ -467,6 +473,7 @@ class FunAsrNanoTrainer(Trainer):
         out-of-memory error names the batch (`oom`), a non-finite loss or gradient stops or skips it
         (`nonfinite`)."""
         keys = inputs.pop(KEYS_FIELD, None) or []
+        self._count_skipped(inputs.pop(SKIPPED_FIELD, None) or [])
         step = self.state.global_step + 1
         shape = BatchShape.of(inputs, keys)
         self._step_keys = keys
@@ -503,6 +510,13 @@ class FunAsrNanoTrainer(Trainer):
             loss = result[0] if return_outputs else result
             self.nonfinite.check_loss(loss, self.state.global_step + 1, self._step_keys)
         return result
+
+    def _count_skipped(self, skipped: list[str]) -> None:
+        """Examples the loader workers could not load (``--on_bad_data skip``, on-the-fly features): named in
+        the log when met, counted in the train metrics."""
+        for reason in skipped:
+            logger.warning("skipped an example whose audio could not be loaded: %s", reason)
+        self.data_skipped.extend(skipped)
 
     def _any_process(self, flag: bool) -> bool:
         return bool(self.accelerator.reduce(torch.tensor([int(flag)], device=self.args.device), "sum").item())
