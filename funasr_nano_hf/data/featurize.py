@@ -215,7 +215,8 @@ def _prepare_batch(batch: dict[str, list], indices: list[int], processor: Any, w
         ids = processor.build_training_ids(lfr_frames(info.num_samples, extractor), text, instruction)
         out["num_samples"].append(info.num_samples)
         # FunASR batches and filters on the manifest's speech_length; without one, its formula on the header
-        out["num_frames"].append(int(speech_length) if speech_length else fbank_frames(info.num_samples))
+        manifest = isinstance(speech_length, int) and not isinstance(speech_length, bool) and speech_length > 0
+        out["num_frames"].append(speech_length if manifest else fbank_frames(info.num_samples))
         out["input_ids"].append(ids["input_ids"])
         out["labels"].append(ids["labels"])
         out["prompt_length"].append(ids["prompt_length"])
