@@ -92,7 +92,8 @@ def test_lengths_are_funasrs_speech_and_text_length(tiny_model, small_set, tmp_p
     kept, report = build_dataset(
         [str(small_set / "set.jsonl")], processor, DataConfig(cache_dir=str(tmp_path / "b"), max_target_length=limit)
     )
-    assert len(kept) == sum(t <= limit for t in texts) and min(text_length(n) for n in plain(kept)["num_tokens"]) <= limit
+    assert len(kept) == sum(t <= limit for t in texts)
+    assert min(text_length(n) for n in plain(kept)["num_tokens"]) <= limit
     assert report.dropped[f"transcript longer than max_target_length={limit} text tokens"] == sum(
         t > limit for t in texts
     )
