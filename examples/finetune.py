@@ -34,6 +34,7 @@ from funasr_nano_hf.conversion.loading import detect_layout, resolve_model_dir
 from funasr_nano_hf.data.augmentation import Augmentation
 from funasr_nano_hf.data.collator import FunAsrNanoCollator
 from funasr_nano_hf.data.featurize import MAX_PROBLEMS_SHOWN, DataConfig, build_dataset
+from funasr_nano_hf.data.streaming import StreamingBatches
 from funasr_nano_hf.models.processing_funasr_nano import FunAsrNanoHfProcessor
 from funasr_nano_hf.training.arguments import (
     DataArguments,
@@ -103,20 +104,21 @@ def _finetune(
     if data_args.cache_frozen_audio and not data_args.precompute_features:
         logger.info("--cache_frozen_audio: training features precomputed (the frozen-path cache is built on them)")
     seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
+    augmentation = Augmentation(dither=data_args.dither, seed=seed)
     with training_args.main_process_first(desc="preparing data"):
-        train_set, train_report = build_dataset(
-            data_args.train_data,
-            processor,
-            data_config,
-            precompute_features=precompute,
-            augmentation=Augmentation(dither=data_args.dither, seed=seed),
-        )
+        if data_args.streaming:
+            train_set, train_report = _stream(data_args, processor, data_config, augmentation, training_args), None
+        else:
+            train_set, train_report = build_dataset(
+                data_args.train_data, processor, data_config, precompute_features=precompute, augmentation=augmentation
+            )
         valid_set = None
         if data_args.valid_data:
             valid_set, _ = build_dataset(data_args.valid_data, processor, data_config, precompute_features=True)
             if data_args.max_eval_samples:
                 valid_set = valid_set.select(range(min(data_args.max_eval_samples, len(valid_set))))
-    logger.info("train data: %s", train_report.format(MAX_PROBLEMS_SHOWN))
+    if train_report is not None:
+        logger.info("train data: %s", train_report.format(MAX_PROBLEMS_SHOWN))
 
     # 5. Prepare the model (freezing/LoRA); with a frozen audio path, its output is computed once
     model = prepare_model_for_finetuning(model, model_args)
@@ -164,6 +166,35 @@ def _finetune(
     if training_args.push_to_hub:
         trainer.push_to_hub(commit_message="funasr_nano_hf fine-tune")
     return metrics
+
+
+def _stream(
+    data_args: DataArguments,
+    processor: FunAsrNanoHfProcessor,
+    data_config: DataConfig,
+    augmentation: Augmentation,
+    training_args: TrainingArguments,
+) -> StreamingBatches:
+    """`--streaming`: the training manifests as a stream of token-budget batches, this rank's share."""
+    if data_args.precompute_features or data_args.cache_frozen_audio:
+        raise SystemExit("finetune.py: error: --streaming computes features on the fly: drop --precompute_features "
+                         "and --cache_frozen_audio")  # fmt: skip
+    if training_args.max_steps <= 0:
+        raise SystemExit("finetune.py: error: --streaming needs --max_steps N (a stream has no length)")
+    if data_args.batch_type != "token":
+        logger.info("--streaming batches by token budget (--batch_size %d)", data_args.batch_size)
+    return StreamingBatches(
+        data_args.train_data,
+        processor,
+        data_config,
+        batch_size=training_args.per_device_train_batch_size,
+        sort_size=data_args.sort_size,
+        batch_size_sample_max=data_args.batch_size_sample_max,
+        seed=augmentation.seed,
+        rank=training_args.process_index,
+        world_size=training_args.world_size,
+        augmentation=augmentation,
+    )
 
 
 def _from_main_process(trainer: FunAsrNanoTrainer, value: Any) -> Any:

@@ -38,7 +38,7 @@ from .augmentation import Augmentation
 from .collator import BAD_FIELD
 from .featurize import DataConfig, _prepare_batch, drop_reason, example_features, text_length
 from .readers import Problem, _record_from_row, detect_format
-from .samplers import TokenBatchSampler
+from .samplers import cut_by_budget
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class StreamingBatches(IterableDataset):
         self.formats = {s: detect_format(s) for s in self.shards}
         kaldi = [s for s, fmt in self.formats.items() if fmt == "kaldi"]
         if kaldi:
-            raise DataError(f"--streaming reads JSONL manifests; convert {kaldi[0]} first (funasr-nano-hf convert-data)")
+            raise DataError(f"--streaming reads JSONL manifests: convert {kaldi[0]} (funasr-nano-hf convert-data)")
         self.processor = processor
         self.config = config
         self.budget = int(batch_size)
@@ -76,7 +76,8 @@ class StreamingBatches(IterableDataset):
         self.seed = int(seed)
         self.rank, self.world_size = int(rank), int(world_size)
         self.augmentation = augmentation
-        self.noisy = augmentation.extractor(processor.feature_extractor) if augmentation else processor.feature_extractor
+        extractor = processor.feature_extractor
+        self.noisy = augmentation.extractor(extractor) if augmentation is not None else extractor
         self.skip_batches = 0  # batches this rank already consumed (set on resume)
 
     # -- records of one slot, in the epoch's order -------------------------------------------------------------
@@ -151,18 +152,11 @@ class StreamingBatches(IterableDataset):
             yield from self._cut(buffer, epoch, slot, count)
 
     def _cut(self, buffer: list[dict[str, Any]], epoch: int, slot: int, count: int) -> list[list[dict]]:
-        lengths = [e["num_frames"] + text_length(e["num_tokens"]) for e in buffer]
-        sampler = TokenBatchSampler(
-            lengths,
-            batch_size=self.budget,
-            batch_size_sample_max=self.batch_size_sample_max,
-            sort_size=None,
-            shuffle=False,
-            num_replicas=1,
-            rank=0,
-        )
-        order = np.argsort(np.asarray(lengths), kind="stable")
-        batches = [[buffer[i] for i in part] for part in sampler._cut(order)]
+        lengths = np.maximum([e["num_frames"] + text_length(e["num_tokens"]) for e in buffer], 1)
+        order = np.argsort(lengths, kind="stable")
+        cap = self.batch_size_sample_max or len(buffer)
+        bounds = cut_by_budget(lengths[order], self.budget, cap)
+        batches = [[buffer[i] for i in order[start:end]] for start, end in bounds]
         rng = np.random.default_rng([self.seed, epoch, slot, count])
         return [batches[i] for i in rng.permutation(len(batches))]
 

@@ -110,6 +110,14 @@ class DataArguments:
     feature_num_proc: int = _data_config_field("num_proc")
     on_bad_data: str = _data_config_field("on_bad_data")
     precompute_features: bool = _data_config_field("precompute_features")
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "read --train_data (JSONL shards) as a stream: nothing cached, every example once per epoch "
+            "over ranks and workers, token-budget batches from --sort_size buffers (--batch_type token), exact "
+            "resume; needs --max_steps"
+        },
+    )
     dither: float = _data_config_field("dither")
     cache_frozen_audio: bool = field(
         default=False,

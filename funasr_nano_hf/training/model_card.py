@@ -55,8 +55,11 @@ class CardInfo:
             base_model=model_args.model_dir,
             train_data=list(data_args.train_data),
             valid_data=list(data_args.valid_data),
-            train_examples=len(train_set),
-            train_hours=sum(plain(train_set)["num_frames"]) / FRAMES_PER_SECOND / 3600,
+            # a stream (--streaming) has no count: the card shows 0
+            train_examples=len(train_set) if hasattr(train_set, "__len__") else 0,
+            train_hours=sum(plain(train_set)["num_frames"]) / FRAMES_PER_SECOND / 3600
+            if hasattr(train_set, "__len__")
+            else 0.0,
             valid_examples=len(valid_set) if valid_set is not None else 0,
             use_lora=model_args.use_lora,
             options={

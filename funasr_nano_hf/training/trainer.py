@@ -42,6 +42,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from ..data.collator import IGNORE_INDEX, SKIPPED_FIELD, loadable
 from ..data.featurize import set_epoch, source_lengths
 from ..data.samplers import build_batch_sampler
+from ..data.streaming import StreamingBatches
 from ..evaluation import NORMALIZER_NAME, compute_cer
 from ..inference.transcribe import transcribe_featurized
 from ..testing.faults import fault_point
@@ -195,6 +196,11 @@ class _EpochEvents(TrainerCallback):
         if self.trainer._batch_sampler is not None:
             self.trainer._batch_sampler.set_epoch(int(state.epoch or 0))
         set_epoch(self.trainer.train_dataset, int(state.epoch or 0))  # on-the-fly augmentation is seeded per epoch
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        dataset = self.trainer.train_dataset
+        if isinstance(dataset, StreamingBatches):  # resumed: the batches this rank consumed (0 on a fresh start)
+            dataset.set_skip(state.global_step * args.gradient_accumulation_steps)
 
     def on_epoch_end(self, args, state, control, **kwargs):
         fault_point("epoch_end")
@@ -533,6 +539,8 @@ class FunAsrNanoTrainer(Trainer):
         and their number, which then varies a little, is fixed over the run (`_fix_epoch_length`)."""
         dataset = self.train_dataset
         args = self.args
+        if isinstance(dataset, StreamingBatches):
+            return self._streaming_dataloader(dataset)
         sampler = build_batch_sampler(
             self.batch_type,
             source_lengths(dataset),
@@ -558,6 +566,22 @@ class FunAsrNanoTrainer(Trainer):
         _undo_accelerate_sharding(loader, sampler)
         self._batch_sampler = sampler
         return loader
+
+    def _streaming_dataloader(self, stream: StreamingBatches) -> DataLoader:
+        """`--streaming`: the stream yields whole batches, already split by rank (not prepared by accelerate,
+        which would dispatch one process's batches to all); resuming skips the batches consumed before the
+        checkpoint inside the stream (`_StreamResume`), without computing their features."""
+        if self.args.max_steps <= 0:
+            raise ValueError("--streaming needs --max_steps N (a stream has no length to count epochs by)")
+        self.args.ignore_data_skip = True  # the stream skips, cheaply (the Trainer would featurise and drop)
+        args = self.args
+        return DataLoader(
+            stream,
+            batch_size=None,
+            collate_fn=_WithKeys(self.data_collator),
+            num_workers=args.dataloader_num_workers,
+            pin_memory=args.dataloader_pin_memory,
+        )
 
     def _fix_epoch_length(self, sampler: Any) -> None:
         """The Trainer reads ``len(dataloader)`` once and runs that many batches in every epoch (its epochs,
