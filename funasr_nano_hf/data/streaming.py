@@ -59,7 +59,9 @@ class StreamingBatches(IterableDataset):
         rank: int = 0,
         world_size: int = 1,
         augmentation: Augmentation | None = None,
+        epochs: int | None = None,
     ) -> None:
+        self.epochs = epochs  # None: endless (the run is bounded by --max_steps)
         self.shards = [str(Path(s).resolve()) for s in shards]
         missing = [s for s in self.shards if not Path(s).is_file()]
         if missing:
@@ -175,7 +177,7 @@ class StreamingBatches(IterableDataset):
         slot, slots = self.rank * workers + stream, self.world_size * workers
         skip = max(self.skip_batches - stream + workers - 1, 0) // workers
         produced, epoch = 0, 0
-        while True:
+        while self.epochs is None or epoch < self.epochs:
             yielded = False
             for batch in self.epoch_batches(epoch, slot, slots):
                 yielded = True

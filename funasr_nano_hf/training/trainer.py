@@ -581,6 +581,9 @@ class FunAsrNanoTrainer(Trainer):
             collate_fn=_WithKeys(self.data_collator),
             num_workers=args.dataloader_num_workers,
             pin_memory=args.dataloader_pin_memory,
+            # its own generator: starting the iterator (after the resumed RNG state is loaded) must not draw from
+            # the global one, or dropout after a resume would differ from the uninterrupted run
+            generator=torch.Generator().manual_seed(args.seed),
         )
 
     def _fix_epoch_length(self, sampler: Any) -> None:
