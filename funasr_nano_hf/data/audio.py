@@ -3,6 +3,7 @@ from the header alone (`audio_header`), which training uses to batch and filter 
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 
@@ -24,12 +25,20 @@ class AudioInfo:
     downmixed: bool
 
 
-def load_audio(path: str, target_sr: int = 16000) -> tuple[np.ndarray, AudioInfo]:
-    """(float32 mono waveform in [-1, 1] at `target_sr`, what was done to it)."""
+def _readable(path: str, data: bytes | None) -> str | io.BytesIO:
+    """The file, or the encoded bytes (a `datasets` Audio column undecoded) named `path` in messages."""
+    if data is not None:
+        return io.BytesIO(data)
     if not os.path.isfile(path):
         raise AudioError(path, "missing audio file")
+    return path
+
+
+def load_audio(path: str, target_sr: int = 16000, data: bytes | None = None) -> tuple[np.ndarray, AudioInfo]:
+    """(float32 mono waveform in [-1, 1] at `target_sr`, what was done to it); from `data` when given."""
+    source = _readable(path, data)
     try:
-        data, rate = sf.read(path, dtype="float32", always_2d=True)
+        data, rate = sf.read(source, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
         raise AudioError(path, f"unreadable or corrupt audio ({err})") from err
     if data.shape[0] == 0:
@@ -50,13 +59,12 @@ def resampled_length(num_samples: int, original_sr: int, target_sr: int = 16000)
     return -(-int(num_samples) * int(target_sr) // int(original_sr))
 
 
-def audio_header(path: str, target_sr: int = 16000) -> AudioInfo:
+def audio_header(path: str, target_sr: int = 16000, data: bytes | None = None) -> AudioInfo:
     """What `load_audio(path)` will return, from the file's header alone (no decoding): training batches and
     filters on it. A header can lie (e.g. a truncated file); the example's loader compares it with the audio."""
-    if not os.path.isfile(path):
-        raise AudioError(path, "missing audio file")
+    source = _readable(path, data)
     try:
-        info = sf.info(path)
+        info = sf.info(source)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
         raise AudioError(path, f"unreadable or corrupt audio ({err})") from err
     if info.frames <= 0:

@@ -194,10 +194,10 @@ def _prepare_batch(batch: dict[str, list], indices: list[int], processor: Any, w
     columns = ("index", "num_samples", "num_frames", "input_ids", "labels", "prompt_length", "num_tokens")
     out: dict[str, list] = {k: [] for k in (*columns, "error", "note")}
     extractor = processor.feature_extractor
-    rows = zip(indices, batch["audio"], batch["text"], batch["instruction"], batch["speech_length"])
-    for index, audio, text, instruction, speech_length in rows:
+    rows = zip(indices, batch["audio"], _bytes(batch), batch["text"], batch["instruction"], batch["speech_length"])
+    for index, audio, data, text, instruction, speech_length in rows:
         try:
-            info = audio_header(audio, target_sr=extractor.sampling_rate)
+            info = audio_header(audio, target_sr=extractor.sampling_rate, data=data)
         except AudioError as err:
             info, error = None, str(err)
         else:
@@ -224,6 +224,11 @@ def _prepare_batch(batch: dict[str, list], indices: list[int], processor: Any, w
     return out
 
 
+def _bytes(batch: dict[str, list]) -> list[bytes | None]:
+    """Encoded audio per row when the records came from a `datasets` Audio column (`hf_audio`), else None."""
+    return batch.get("audio_bytes") or [None] * len(batch["audio"])
+
+
 def lfr_frames(num_samples: int, extractor: Any) -> int:
     """Feature (LFR) frames the extractor gives for `num_samples`: ceil(fbank frames / LFR stride)."""
     return -(-kaldi_frames(num_samples, extractor.sampling_rate) // extractor.stride_lfr)
@@ -236,10 +241,11 @@ def example_features(
     augmentation: Augmentation | None = None,
     epoch: int = 0,
     index: int = 0,
+    data: bytes | None = None,
 ) -> np.ndarray:
     """The one featurisation of a training example, precomputed or on the fly: read, check the audio against the
     header-derived length the example's ids were built for, fbank + LFR (dithered under `augmentation`)."""
-    waveform, _ = load_audio(audio, target_sr=extractor.sampling_rate)
+    waveform, _ = load_audio(audio, target_sr=extractor.sampling_rate, data=data)
     if len(waveform) != num_samples:
         raise AudioError(
             audio,
@@ -261,9 +267,9 @@ def _features_batch(batch: dict[str, list], processor: Any, worker: bool = False
     extractor = processor.feature_extractor
     empty = np.zeros((0, extractor.feature_size * extractor.num_frames_lfr), dtype=np.float32)
     out: dict[str, list] = {"input_features": [], "error": []}
-    for audio, num_samples in zip(batch["audio"], batch["num_samples"]):
+    for audio, data, num_samples in zip(batch["audio"], _bytes(batch), batch["num_samples"]):
         try:
-            out["input_features"].append(example_features(audio, num_samples, extractor))
+            out["input_features"].append(example_features(audio, num_samples, extractor, data=data))
             out["error"].append("")
         except AudioError as err:
             out["input_features"].append(empty)
@@ -293,11 +299,13 @@ class FeatureTransform:
         extractor = self.noisy
         empty = np.zeros((0, extractor.feature_size * extractor.num_frames_lfr), dtype=np.float32)
         features, bad = [], []
-        for audio, num_samples, index, source, key in zip(
-            batch["audio"], batch["num_samples"], batch["index"], batch["source"], batch["key"]
+        for audio, data, num_samples, index, source, key in zip(
+            batch["audio"], _bytes(batch), batch["num_samples"], batch["index"], batch["source"], batch["key"]
         ):
             try:
-                features.append(example_features(audio, num_samples, extractor, self.augmentation, self.epoch, index))
+                features.append(
+                    example_features(audio, num_samples, extractor, self.augmentation, self.epoch, index, data)
+                )
                 bad.append("")
             except AudioError as err:
                 if self.on_bad_data == "stop":

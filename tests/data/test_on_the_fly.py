@@ -142,3 +142,31 @@ def test_manifest_lengths_are_used_as_funasr_uses_them(tiny_model, clip_set, tmp
     assert plain(dataset)["num_frames"] == [1234 + i for i in range(len(rows))]
     assert min(source_lengths(dataset)) >= 1234
     assert dataset[0]["input_features"].shape[0] < 1234 / 6  # the features are the audio's, not the manifest's
+
+
+def test_a_datasets_audio_column_gives_the_manifest_examples(tiny_model, clip_set, tmp_path):
+    """A `datasets.Dataset` with an Audio column (bytes embedded, as a hub dataset has them, or paths) becomes
+    the same examples as the manifest, read by soundfile (no torchcodec)."""
+    import datasets
+
+    from funasr_nano_hf.data.hf_audio import build_dataset_from_hf
+
+    _, processor = tiny_model
+    config = DataConfig(cache_dir=str(tmp_path / "c"))
+    expected, _ = build_dataset([str(clip_set / "set.jsonl")], processor, config)
+    rows = [json.loads(line) for line in (clip_set / "set.jsonl").read_text(encoding="utf-8").splitlines()]
+    embedded = datasets.Dataset.from_dict(
+        {
+            "id": [r["key"] for r in rows],
+            "audio": [{"bytes": (clip_set / r["wav"]).read_bytes(), "path": None} for r in rows],
+            "sentence": [r["txt"] for r in rows],
+        }
+    ).cast_column("audio", datasets.Audio())
+    columns = {"audio": [str(clip_set / r["wav"]) for r in rows], "text": [r["txt"] for r in rows]}
+    paths = datasets.DatasetDict({"train": datasets.Dataset.from_dict(columns)}).cast_column("audio", datasets.Audio())
+    for source, options in ((embedded, {"text_column": "sentence", "key_column": "id"}), (paths, {})):
+        dataset, report = build_dataset_from_hf(source, processor, config, **options)
+        assert len(dataset) == report.usable == len(rows)
+        for i in (0, len(rows) - 1):
+            np.testing.assert_array_equal(dataset[i]["input_features"], expected[i]["input_features"])
+            assert dataset[i]["input_ids"] == expected[i]["input_ids"]
