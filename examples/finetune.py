@@ -105,6 +105,11 @@ def _finetune(
         logger.info("--cache_frozen_audio: training features precomputed (the frozen-path cache is built on them)")
     seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
     augmentation = Augmentation(dither=data_args.dither, seed=seed)
+    if augmentation.active and not precompute and training_args.dataloader_persistent_workers:
+        logger.warning(
+            "--persistent_workers: loader workers keep the epoch they started with, so dither draws repeat every "
+            "epoch (still reproducible); drop --dataloader_persistent_workers for fresh draws per epoch"
+        )
     with training_args.main_process_first(desc="preparing data"):
         if data_args.streaming:
             train_set, train_report = _stream(data_args, processor, data_config, augmentation, training_args), None
