@@ -33,8 +33,10 @@ from transformers import TrainerCallback, TrainingArguments, set_seed
 
 from funasr_nano_hf import load_pretrained
 from funasr_nano_hf.conversion.loading import detect_layout, resolve_model_dir
+from funasr_nano_hf.data.augmentation import Augmentation
 from funasr_nano_hf.data.collator import FunAsrNanoCollator
 from funasr_nano_hf.data.featurize import MAX_PROBLEMS_SHOWN, DataConfig, build_dataset
+from funasr_nano_hf.data.streaming import StreamingBatches
 from funasr_nano_hf.errors import DiskFullError
 from funasr_nano_hf.models.processing_funasr_nano import FunAsrNanoHfProcessor
 from funasr_nano_hf.training.arguments import (
@@ -142,16 +144,34 @@ def _finetune(
     if training_args.process_index == 0:  # the resolved llm_dtype and mixed precision
         save_resolved_config(out / "config.yaml", model_args, data_args, finetune_args, training_args)
 
-    # 4. Load and featurize data
+    # 4. Load the data: lengths and token ids cached; training features computed on the fly in the loader workers
+    #    (with FunASR's dither, seeded per example), or precomputed (--precompute_features, --cache_frozen_audio);
+    #    evaluation features precomputed, clean
     data_config = DataConfig.from_args(data_args)
-    with training_args.main_process_first(desc="featurizing"):
-        train_set, train_report = build_dataset(data_args.train_data, processor, data_config)
+    precompute = data_args.precompute_features or data_args.cache_frozen_audio
+    if data_args.cache_frozen_audio and not data_args.precompute_features:
+        logger.info("--cache_frozen_audio: training features precomputed (the frozen-path cache is built on them)")
+    seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
+    augmentation = Augmentation(dither=data_args.dither, seed=seed)
+    if augmentation.active and not precompute and training_args.dataloader_persistent_workers:
+        logger.warning(
+            "--persistent_workers: loader workers keep the epoch they started with, so dither draws repeat every "
+            "epoch (still reproducible); drop --dataloader_persistent_workers for fresh draws per epoch"
+        )
+    with training_args.main_process_first(desc="preparing data"):
+        if data_args.streaming:
+            train_set, train_report = _stream(data_args, processor, data_config, augmentation, training_args), None
+        else:
+            train_set, train_report = build_dataset(
+                data_args.train_data, processor, data_config, precompute_features=precompute, augmentation=augmentation
+            )
         valid_set = None
         if data_args.valid_data:
-            valid_set, _ = build_dataset(data_args.valid_data, processor, data_config)
+            valid_set, _ = build_dataset(data_args.valid_data, processor, data_config, precompute_features=True)
             if data_args.max_eval_samples:
                 valid_set = valid_set.select(range(min(data_args.max_eval_samples, len(valid_set))))
-    logger.info("train data: %s", train_report.format(MAX_PROBLEMS_SHOWN))
+    if train_report is not None:
+        logger.info("train data: %s", train_report.format(MAX_PROBLEMS_SHOWN))
 
     # 5. Prepare the model (freezing/LoRA, fp32 master weights); with a frozen audio path, its output is computed
     # once, on the training device, each process its own shard
@@ -228,6 +248,35 @@ def _patient_barrier() -> Callable[[], None]:
         dist.destroy_process_group(group)
 
     return wait
+
+
+def _stream(
+    data_args: DataArguments,
+    processor: FunAsrNanoHfProcessor,
+    data_config: DataConfig,
+    augmentation: Augmentation,
+    training_args: TrainingArguments,
+) -> StreamingBatches:
+    """`--streaming`: the training manifests as a stream of token-budget batches, this rank's share."""
+    if data_args.precompute_features or data_args.cache_frozen_audio:
+        raise SystemExit("finetune.py: error: --streaming computes features on the fly: drop --precompute_features "
+                         "and --cache_frozen_audio")  # fmt: skip
+    if training_args.max_steps <= 0:
+        raise SystemExit("finetune.py: error: --streaming needs --max_steps N (a stream has no length)")
+    if data_args.batch_type != "token":
+        logger.info("--streaming batches by token budget (--batch_size %d)", data_args.batch_size)
+    return StreamingBatches(
+        data_args.train_data,
+        processor,
+        data_config,
+        batch_size=training_args.per_device_train_batch_size,
+        sort_size=data_args.sort_size,
+        batch_size_sample_max=data_args.batch_size_sample_max,
+        seed=augmentation.seed,
+        rank=training_args.process_index,
+        world_size=training_args.world_size,
+        augmentation=augmentation,
+    )
 
 
 def _from_main_process(trainer: FunAsrNanoTrainer, value: Any) -> Any:

@@ -1,19 +1,24 @@
-"""Manifests -> `datasets.Dataset` of model inputs, cached by datasets.
+"""Manifests -> `datasets.Dataset` of training examples: cheap parts cached by datasets, features on the fly.
 
 1. Every manifest is read and validated by `readers.read_manifest` (file:line problems, nothing silently
    dropped); the canonical records go to one JSONL file named by their content hash, which
    `datasets.load_dataset("json")` loads (the same path for JSONL, ChatML, source/target and Kaldi scp).
-2. `Dataset.map` (batched, `num_proc`) reads audio (soundfile, 16 kHz mono), computes features with the
-   model's feature extractor and builds `input_ids`/`labels` with exactly the training prompt of FunASR
-   (`FunAsrNanoHfProcessor.build_training_example`, with the record's `instruction`: the user-turn text before
-   the audio). Its fingerprint is derived from the records and the processor's configuration, so a second run
-   of the same config is a cache hit: no audio is read.
+2. `prepare` (`Dataset.map`, batched, `num_proc`, cached) computes what is cheap and worth keeping: lengths --
+   the manifest's `speech_length` (FunASR's `source_len` part) when present, else FunASR's formula on the
+   audio header (soundfile `info`: no decoding) -- and `input_ids`/`labels` with exactly FunASR's training prompt
+   (`FunAsrNanoHfProcessor.build_training_ids`, audio-token count from the header's sample count). A second run
+   of the same config is a cache hit: no audio is touched.
 3. Length filters drop examples by reason, counted and reported in a `DataReport` (the same report as
    `funasr-nano-hf check-data`). They compare what FunASR's Nano dataset compares, in its units
    (`DataConfig`): fbank frames (10 ms) and text tokens, as the `speech_length` / `text_length` FunASR's
    `scp2jsonl` writes and its index filters on; the total LLM tokens per example (`max_token_length`); and,
    for batch types length/token, fbank frames + text tokens, which FunASR's batch sampler skips beyond
    `max_token_length` (2048 when unset).
+4. Features (fbank + LFR, `example_features`, one implementation) are computed either when a row is read
+   (default: `FeatureTransform` via `with_transform`, so DataLoader workers parallelise it, training dither
+   applied, seeded per example), or once into the cache (`precompute_features`: small sets, frozen-path
+   caching), returned as numpy arrays. Audio that does not decode to the length its header promised (the ids
+   were built for it) is counted and named, skipped or stopped per `on_bad_data`.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import socket
+import uuid
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -30,14 +38,16 @@ import numpy as np
 import torch
 
 from ..errors import AudioError, DataError
-from .audio import fbank_frames, load_audio
+from .audio import audio_header, fbank_frames, kaldi_frames, load_audio
+from .augmentation import Augmentation, example_seed, seeded
+from .collator import BAD_FIELD
 from .quality import check_transcript, drop_label, special_tokens_of
 from .readers import Problem, read_manifests
 from .report import DataReport
 
 logger = logging.getLogger(__name__)
 
-FEATURIZE_VERSION = "4"  # bump when the featurization code changes what it writes (4: quality checks)
+FEATURIZE_VERSION = "5"  # bump when what the featurization writes changes (5: header lengths, quality checks)
 FRAMES_PER_SECOND = 100  # 10 ms fbank frames
 BATCH_TYPES = ("example", "length", "token")
 # FunASR's defaults for an unset `max_token_length`: the Nano dataset's (LLM tokens per example) and the
@@ -84,6 +94,21 @@ class DataConfig:
     num_proc: int = field(default=1, metadata={"help": "processes for featurization (Dataset.map)"})
     # "stop": refuse to train on manifests with errors; "skip": drop them, counted
     on_bad_data: str = field(default="stop", metadata={"help": "stop | skip (skipped examples are counted)"})
+    precompute_features: bool = field(
+        default=False,
+        metadata={
+            "help": "false: fbank computed per example in the DataLoader workers (--num_workers), only lengths and "
+            "token ids cached; true: every feature computed once into the datasets cache (~140 MB per audio hour; "
+            "small sets, --cache_frozen_audio)"
+        },
+    )
+    dither: float = field(
+        default=1.0,
+        metadata={
+            "help": "fbank dither of training features (FunASR's frontend_conf.dither; its Nano recipe trains with "
+            "the default 1.0); on-the-fly features only, seeded per (seed, epoch, example); evaluation is clean"
+        },
+    )
     cache_dir: str | None = None  # None: funasr_nano_hf/ in the datasets cache
 
     # Fields whose fine-tuning option has another name (next to TrainingArguments' own worker counts).
@@ -92,6 +117,8 @@ class DataConfig:
     def __post_init__(self):
         if self.on_bad_data not in ("stop", "skip"):
             raise ValueError(f"on_bad_data must be 'stop' or 'skip', got {self.on_bad_data!r}")
+        if isinstance(self.dither, bool) or not isinstance(self.dither, (int, float)) or self.dither < 0:
+            raise ValueError(f"dither must be a number >= 0, got {self.dither!r}")
         if self.batch_type not in BATCH_TYPES:
             raise ValueError(f"batch_type must be one of {list(BATCH_TYPES)}, got {self.batch_type!r}")
         for name in ("max_source_length", "max_target_length", "min_source_length", "max_token_length"):
@@ -150,7 +177,8 @@ def load_records(
     path = _cache_root(config) / "manifests" / f"{hashlib.sha256(payload.encode()).hexdigest()[:20]}.jsonl"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        # a unique staging name per process: several ranks/nodes on one shared filesystem may write it at once
+        tmp = path.with_name(f"{path.name}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
         tmp.write_text(payload, encoding="utf-8")
         tmp.replace(path)
     dataset = datasets.load_dataset(
@@ -159,39 +187,146 @@ def load_records(
     return dataset, report
 
 
-def _featurize_batch(batch: dict[str, list], processor: Any, worker: bool = False) -> dict[str, list]:
+def _prepare_batch(batch: dict[str, list], indices: list[int], processor: Any, worker: bool = False) -> dict[str, list]:
+    """The cheap, cached part of an example: lengths from the manifest or the audio header (no decoding) and the
+    prompt/label ids, whose audio-token count follows from the header's sample count."""
     if worker:
-        # A forked worker must not enter the OpenMP pool inherited from the parent (libgomp is not
-        # fork-safe: the fbank kernels deadlock). One thread per worker; the workers are the parallelism.
-        torch.set_num_threads(1)
-    out: dict[str, list] = {
-        k: []
-        for k in ("input_features", "input_ids", "labels", "prompt_length", "num_frames", "num_tokens", "error", "note")
-    }
+        torch.set_num_threads(1)  # forked map workers: no inherited OpenMP pool (libgomp is not fork-safe)
+    columns = ("index", "num_samples", "num_frames", "input_ids", "labels", "prompt_length", "num_tokens")
+    out: dict[str, list] = {k: [] for k in (*columns, "error", "note")}
     extractor = processor.feature_extractor
     special = special_tokens_of(processor.tokenizer) | {processor.audio_token}
-    empty = np.zeros((0, extractor.feature_size * extractor.num_frames_lfr), dtype=np.float32)
-    for audio, text, instruction in zip(batch["audio"], batch["text"], batch["instruction"]):
+    rows = zip(indices, batch["audio"], _bytes(batch), batch["text"], batch["instruction"], batch["speech_length"])
+    for index, audio, data, text, instruction, speech_length in rows:
         try:
-            waveform, info = load_audio(audio, target_sr=extractor.sampling_rate)
-            check_transcript(audio, text, special)  # special tokens: refused (the audio was checked by load_audio)
-            example = processor.build_training_example(waveform, text, instruction)
+            check_transcript(audio, text, special)  # special tokens: refused, never control tokens
+            info = audio_header(audio, target_sr=extractor.sampling_rate, data=data)
         except AudioError as err:
-            example, waveform = None, None
-            out["error"].append(str(err))
-            out["note"].append("")
+            info, error = None, str(err)
         else:
-            out["error"].append("")
-            notes = list(info.warnings) + [f"resampled from {info.original_sr} Hz"] * info.resampled
-            notes += [f"downmixed {info.channels} channels"] * info.downmixed
-            out["note"].append("; ".join(notes))
-        out["input_features"].append(example["input_features"] if example else empty)
-        out["input_ids"].append(example["input_ids"] if example else [])
-        out["labels"].append(example["labels"] if example else [])
-        out["prompt_length"].append(example["prompt_length"] if example else 0)
-        out["num_frames"].append(fbank_frames(len(waveform)) if example else 0)
-        out["num_tokens"].append(len(example["input_ids"]) - example["prompt_length"] if example else 0)
+            error = ""
+        out["index"].append(index)
+        out["error"].append(error)
+        if info is None:
+            out["note"].append("")
+            for name in columns[1:]:
+                out[name].append([] if name in ("input_ids", "labels") else 0)
+            continue
+        notes = [f"resampled from {info.original_sr} Hz"] * info.resampled
+        notes += [f"downmixed {info.channels} channels"] * info.downmixed
+        out["note"].append("; ".join(notes))
+        ids = processor.build_training_ids(lfr_frames(info.num_samples, extractor), text, instruction)
+        out["num_samples"].append(info.num_samples)
+        # FunASR batches and filters on the manifest's speech_length; without one, its formula on the header
+        manifest = isinstance(speech_length, int) and not isinstance(speech_length, bool) and speech_length > 0
+        out["num_frames"].append(speech_length if manifest else fbank_frames(info.num_samples))
+        out["input_ids"].append(ids["input_ids"])
+        out["labels"].append(ids["labels"])
+        out["prompt_length"].append(ids["prompt_length"])
+        out["num_tokens"].append(len(ids["input_ids"]) - ids["prompt_length"])
     return out
+
+
+def _bytes(batch: dict[str, list]) -> list[bytes | None]:
+    """Encoded audio per row when the records came from a `datasets` Audio column (`hf_audio`), else None."""
+    return batch.get("audio_bytes") or [None] * len(batch["audio"])
+
+
+def lfr_frames(num_samples: int, extractor: Any) -> int:
+    """Feature (LFR) frames the extractor gives for `num_samples`: ceil(fbank frames / LFR stride)."""
+    return -(-kaldi_frames(num_samples, extractor.sampling_rate) // extractor.stride_lfr)
+
+
+def example_features(
+    audio: str,
+    num_samples: int,
+    extractor: Any,
+    augmentation: Augmentation | None = None,
+    epoch: int = 0,
+    index: int = 0,
+    data: bytes | None = None,
+) -> np.ndarray:
+    """The one featurisation of a training example, precomputed or on the fly: read, check the audio against the
+    header-derived length the example's ids were built for, fbank + LFR (dithered under `augmentation`)."""
+    waveform, _ = load_audio(audio, target_sr=extractor.sampling_rate, data=data)
+    if len(waveform) != num_samples:
+        raise AudioError(
+            audio,
+            f"header promises {num_samples} samples at {extractor.sampling_rate} Hz, the audio decodes to "
+            f"{len(waveform)} (truncated or corrupt file): re-encode it or drop it from the manifest",
+        )
+    if augmentation is not None and augmentation.active:
+        with seeded(example_seed(augmentation.seed, epoch, index)):
+            features = extractor([waveform], sampling_rate=extractor.sampling_rate, return_tensors="np")
+    else:
+        features = extractor([waveform], sampling_rate=extractor.sampling_rate, return_tensors="np")
+    return np.asarray(features["input_features"][0], dtype=np.float32)
+
+
+def _features_batch(batch: dict[str, list], processor: Any, worker: bool = False) -> dict[str, list]:
+    """Precomputed mode: `example_features` for a batch, errors recorded per row (counted afterwards)."""
+    if worker:
+        torch.set_num_threads(1)
+    extractor = processor.feature_extractor
+    empty = np.zeros((0, extractor.feature_size * extractor.num_frames_lfr), dtype=np.float32)
+    out: dict[str, list] = {"input_features": [], "error": []}
+    for audio, data, num_samples in zip(batch["audio"], _bytes(batch), batch["num_samples"]):
+        try:
+            out["input_features"].append(example_features(audio, num_samples, extractor, data=data))
+            out["error"].append("")
+        except AudioError as err:
+            out["input_features"].append(empty)
+            out["error"].append(str(err))
+    return out
+
+
+class FeatureTransform:
+    """On-the-fly mode's `Dataset.with_transform`: features computed when a row is read, i.e. in the DataLoader
+    workers (`--num_workers` parallelises it). Training applies `augmentation` (seeded per example and epoch,
+    `set_epoch`). Unloadable audio: `on_bad_data` "stop" raises `DataError` naming the example; "skip" marks the
+    row (`BAD_FIELD`), which the collator drops and the trainer counts."""
+
+    def __init__(self, processor: Any, on_bad_data: str, augmentation: Augmentation | None = None):
+        self.extractor = processor.feature_extractor
+        self.augmentation = augmentation
+        self.noisy = augmentation.extractor(self.extractor) if augmentation is not None else self.extractor
+        self.on_bad_data = on_bad_data
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        if "audio" not in batch or "num_samples" not in batch:
+            return batch  # a column query (e.g. dataset["num_frames"]): nothing to compute
+        extractor = self.noisy
+        empty = np.zeros((0, extractor.feature_size * extractor.num_frames_lfr), dtype=np.float32)
+        features, bad = [], []
+        for audio, data, num_samples, index, source, key in zip(
+            batch["audio"], _bytes(batch), batch["num_samples"], batch["index"], batch["source"], batch["key"]
+        ):
+            try:
+                features.append(
+                    example_features(audio, num_samples, extractor, self.augmentation, self.epoch, index, data)
+                )
+                bad.append("")
+            except AudioError as err:
+                if self.on_bad_data == "stop":
+                    raise DataError(
+                        f"{source}: example {key!r}: {err} (on_bad_data='stop'; --on_bad_data skip drops such "
+                        "examples, counted)"
+                    ) from err
+                features.append(empty)
+                bad.append(f"{source}: {err}")
+        return {**batch, "input_features": features, BAD_FIELD: bad}
+
+
+def set_epoch(dataset: Any, epoch: int) -> None:
+    """Tell an on-the-fly dataset's transform which epoch starts (its augmentation is seeded per epoch)."""
+    transform = getattr(dataset, "format", None) or {}
+    transform = transform.get("format_kwargs", {}).get("transform")
+    if isinstance(transform, FeatureTransform):
+        transform.set_epoch(epoch)
 
 
 def _processor_fingerprint(processor: Any) -> str:
@@ -211,8 +346,15 @@ def text_length(num_tokens: int) -> int:
     return max(int(num_tokens) - 1, 0)
 
 
+def plain(dataset: datasets.Dataset) -> datasets.Dataset:
+    """The dataset's stored columns without its format: reading a column of an on-the-fly dataset through its
+    transform would compute every example's features (datasets formats a column row by row)."""
+    return dataset.with_format(None) if dataset.format["type"] is not None else dataset
+
+
 def source_lengths(dataset: datasets.Dataset) -> list[int]:
     """FunASR's `source_len` per example, fbank frames + text tokens: what its length/token batching budgets."""
+    dataset = plain(dataset)
     return [int(f) + text_length(t) for f, t in zip(dataset["num_frames"], dataset["num_tokens"])]
 
 
@@ -241,65 +383,142 @@ def drop_reason(fbank_frames: int, text_tokens: int, llm_tokens: int, config: Da
     return ""
 
 
-def featurize(
+def _fingerprint(*parts: str) -> str:
+    return hashlib.sha256("-".join(parts).encode()).hexdigest()[:16]
+
+
+def _drop_bad_rows(
+    dataset: datasets.Dataset, errors: list[str], reason: str, report: DataReport, config: DataConfig
+) -> list[int]:
+    """Count and name the rows whose audio failed (`errors[i]` non-empty); stop under on_bad_data 'stop'."""
+    if not any(errors):
+        return list(range(len(dataset)))
+    sources = dataset["source"]
+    report.problems += [Problem(source, "audio", error) for source, error in zip(sources, errors) if error]
+    # the quality checks' own reasons (silence, NaN/inf, special tokens ...), else the caller's
+    labels = [drop_label(error) for error in errors if error]
+    report.dropped.update(label if label != "unreadable audio" else reason for label in labels)
+    if config.on_bad_data == "stop":
+        raise DataError(f"{reason} (on_bad_data='stop'):\n" + report.format(MAX_PROBLEMS_SHOWN))
+    return [i for i, error in enumerate(errors) if not error]
+
+
+def prepare(
     dataset: datasets.Dataset, processor: Any, config: DataConfig, report: DataReport | None = None
 ) -> tuple[datasets.Dataset, DataReport]:
-    """Audio -> features + input/label ids (cached), then the length filters (counted by reason)."""
+    """Records -> lengths + prompt/label ids (cached; audio headers only, nothing decoded), then the length
+    filters (counted by reason)."""
     report = report or DataReport(read=len(dataset))
-    key = f"{dataset._fingerprint}-{_processor_fingerprint(processor)}"
-    fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
-    features = datasets.Features(
-        {
-            **dataset.features,
-            "input_features": datasets.List(datasets.List(datasets.Value("float32"))),
-            "input_ids": datasets.List(datasets.Value("int32")),
-            "labels": datasets.List(datasets.Value("int32")),
-            "prompt_length": datasets.Value("int32"),
-            "num_frames": datasets.Value("int32"),
-            "num_tokens": datasets.Value("int32"),
-            "error": datasets.Value("string"),
-            "note": datasets.Value("string"),
-        }
+    columns = {
+        "index": datasets.Value("int64"),
+        "num_samples": datasets.Value("int64"),
+        "num_frames": datasets.Value("int32"),
+        "input_ids": datasets.List(datasets.Value("int32")),
+        "labels": datasets.List(datasets.Value("int32")),
+        "prompt_length": datasets.Value("int32"),
+        "num_tokens": datasets.Value("int32"),
+        "error": datasets.Value("string"),
+        "note": datasets.Value("string"),
+    }
+    prepared = dataset.map(
+        _prepare_batch,
+        features=datasets.Features({**dataset.features, **columns}),
+        batched=True,
+        batch_size=256,
+        with_indices=True,
+        num_proc=config.num_proc if config.num_proc > 1 else None,
+        fn_kwargs={"processor": processor, "worker": config.num_proc > 1},
+        new_fingerprint=_fingerprint(dataset._fingerprint, _processor_fingerprint(processor), "prepare"),
+        desc="reading audio headers and tokenizing",
     )
+    errors, frames, tokens = prepared["error"], prepared["num_frames"], prepared["num_tokens"]
+    prompts = prepared["prompt_length"]
+    keep = set(_drop_bad_rows(prepared, errors, "unreadable audio", report, config))
+    notes = prepared["note"]
+    if any(notes):
+        sources = prepared["source"]
+        report.problems += [Problem(source, "audio", note, "warning") for source, note in zip(sources, notes) if note]
+    # Reasons are computed once (vectorised over columns) so that every dropped row is counted.
+    reasons = [
+        drop_reason(n_frames, text_length(n_tokens), n_prompt + n_tokens, config) if i in keep else ""
+        for i, (n_frames, n_tokens, n_prompt) in enumerate(zip(frames, tokens, prompts))
+    ]
+    report.dropped.update(reason for reason in reasons if reason)
+    for i, (n_frames, n_tokens) in enumerate(zip(frames, tokens)):
+        if i in keep:  # every readable clip, kept or not (as check-data measures them)
+            report.measure(n_frames / FRAMES_PER_SECOND, text_length(n_tokens))
+    kept = [i for i, reason in enumerate(reasons) if i in keep and not reason]
+    result = prepared.select(kept) if len(kept) < len(prepared) else prepared
+    report.usable = len(result)
+    return result.remove_columns(["error", "note"]), report
+
+
+def precompute(dataset: datasets.Dataset, processor: Any, config: DataConfig, report: DataReport) -> datasets.Dataset:
+    """Precomputed mode: every example's features computed once into the datasets cache (`example_features`),
+    returned as numpy arrays. Audio that does not decode as its header promised is counted and named."""
     featurized = dataset.map(
-        _featurize_batch,
-        features=features,
+        _features_batch,
+        features=datasets.Features(
+            {
+                **dataset.features,
+                "input_features": datasets.List(datasets.List(datasets.Value("float32"))),
+                "error": datasets.Value("string"),
+            }
+        ),
         batched=True,
         batch_size=16,
         num_proc=config.num_proc if config.num_proc > 1 else None,
         fn_kwargs={"processor": processor, "worker": config.num_proc > 1},
-        new_fingerprint=fingerprint,
+        new_fingerprint=_fingerprint(dataset._fingerprint, _processor_fingerprint(processor), "features"),
         desc="featurizing audio",
     )
-    # Reasons are computed once (vectorised over columns) so that every dropped row is counted.
-    errors, frames, tokens = featurized["error"], featurized["num_frames"], featurized["num_tokens"]
-    prompts = featurized["prompt_length"]
-    reasons = [
-        drop_label(error) if error else drop_reason(n_frames, text_length(n_tokens), n_prompt + n_tokens, config)
-        for error, n_frames, n_tokens, n_prompt in zip(errors, frames, tokens, prompts)
-    ]
-    report.dropped.update(reason for reason in reasons if reason)
-    notes = featurized["note"]
-    if any(errors) or any(notes):
-        sources = featurized["source"]
-        report.problems += [Problem(source, "audio", error) for source, error in zip(sources, errors) if error]
-        report.problems += [Problem(source, "audio", note, "warning") for source, note in zip(sources, notes) if note]
-    if any(errors) and config.on_bad_data == "stop":
-        raise DataError("unusable audio or transcript (on_bad_data='stop'):\n" + report.format(MAX_PROBLEMS_SHOWN))
-    for error, n_frames, n_tokens in zip(errors, frames, tokens):
-        if not error:  # every readable clip, kept or not (as check-data measures them)
-            report.measure(n_frames / FRAMES_PER_SECOND, text_length(n_tokens))
-    keep = [i for i, reason in enumerate(reasons) if not reason]
+    keep = _drop_bad_rows(featurized, featurized["error"], "audio does not match its header", report, config)
     result = featurized.select(keep) if len(keep) < len(featurized) else featurized
     report.usable = len(result)
-    if report.usable < len(featurized):
+    result = result.remove_columns(["error"])
+    return result.with_format("numpy", columns=["input_features"], output_all_columns=True)
+
+
+def featurize(
+    dataset: datasets.Dataset,
+    processor: Any,
+    config: DataConfig,
+    report: DataReport | None = None,
+    *,
+    precompute_features: bool | None = None,
+    augmentation: Augmentation | None = None,
+) -> tuple[datasets.Dataset, DataReport]:
+    """Records -> training examples: `prepare` (cached, cheap), then the features precomputed into the cache
+    (`precompute_features`, default `config.precompute_features`) or computed on the fly when a row is read
+    (`FeatureTransform`, with `augmentation`, which needs on-the-fly features)."""
+    precompute_features = config.precompute_features if precompute_features is None else precompute_features
+    prepared, report = prepare(dataset, processor, config, report)
+    if precompute_features:
+        if augmentation is not None and augmentation.active:
+            logger.warning(
+                "precomputed features are cached clean: dither %s is not applied (on-the-fly features apply it)",
+                augmentation.dither,
+            )
+        result = precompute(prepared, processor, config, report)
+    else:
+        result = prepared.with_transform(FeatureTransform(processor, config.on_bad_data, augmentation))
+    if report.usable < report.read:
         logger.warning("data: %s", report.format(MAX_PROBLEMS_SHOWN))
-    return result.remove_columns(["error", "note"]), report
+    return result, report
 
 
 def build_dataset(
-    manifests: list[str], processor: Any, config: DataConfig, text_files: list[str | None] | None = None
+    manifests: list[str],
+    processor: Any,
+    config: DataConfig,
+    text_files: list[str | None] | None = None,
+    *,
+    precompute_features: bool | None = None,
+    augmentation: Augmentation | None = None,
 ) -> tuple[datasets.Dataset, DataReport]:
-    """Manifests -> featurized, filtered `datasets.Dataset` and the report of what happened to every record."""
+    """Manifests -> filtered training examples (features precomputed or on the fly, see `featurize`) and the
+    report of what happened to every record."""
     dataset, report = load_records(manifests, config, text_files)
-    return featurize(dataset, processor, config, report)
+    return featurize(
+        dataset, processor, config, report, precompute_features=precompute_features, augmentation=augmentation
+    )

@@ -466,17 +466,25 @@ class DynamicBatchSampler(BatchSamplerBase):
         batches: list[np.ndarray] = []
         for buffer_start in range(0, order.size, buffer):
             buffer_end = min(buffer_start + buffer, order.size)
-            start = buffer_start
-            while start < buffer_end:
-                # FunASR's greedy rule: add the next example while max(len) * count <= budget. The padded size
-                # of the first k+1 examples, cummax * (k+1), never decreases with k, so the batch is the prefix
-                # where it stays within the budget (at least one example: an oversize one goes alone).
-                window = min(buffer_end - start, cap, max(self.budget // int(lengths[start]), 1))
-                padded = np.maximum.accumulate(lengths[start : start + window]) * np.arange(1, window + 1)
-                count = max(int(np.searchsorted(padded, self.budget, side="right")), 1)
-                batches.append(order[start : start + count])
-                start += count
+            for start, end in cut_by_budget(lengths[buffer_start:buffer_end], self.budget, cap):
+                batches.append(order[buffer_start + start : buffer_start + end])
         return batches
+
+
+def cut_by_budget(lengths: np.ndarray, budget: int, cap: int) -> list[tuple[int, int]]:
+    """(start, end) of consecutive batches of `lengths` (ordered as they will be batched, each >= 1) under FunASR's
+    greedy rule: add the next example while max(len) * count <= budget and count <= cap."""
+    bounds: list[tuple[int, int]] = []
+    start = 0
+    while start < lengths.size:
+        # The padded size of the first k+1 examples, cummax * (k+1), never decreases with k, so the batch is the
+        # prefix where it stays within the budget (at least one example: an oversize one goes alone).
+        window = min(lengths.size - start, cap, max(budget // int(lengths[start]), 1))
+        padded = np.maximum.accumulate(lengths[start : start + window]) * np.arange(1, window + 1)
+        count = max(int(np.searchsorted(padded, budget, side="right")), 1)
+        bounds.append((start, start + count))
+        start += count
+    return bounds
 
 
 class LengthBatchSampler(DynamicBatchSampler):

@@ -124,7 +124,17 @@ class FunAsrNanoHfProcessor(FunAsrNanoProcessor):
         features = self.feature_extractor(
             [waveform], sampling_rate=self.feature_extractor.sampling_rate, return_tensors="np", padding=False
         )["input_features"][0]
-        num_tokens = int(audio_token_count(features.shape[0], self.audio_token_rule))
+        return {
+            "input_features": np.asarray(features, dtype=np.float32),
+            **self.build_training_ids(features.shape[0], transcript, instruction),
+        }
+
+    def build_training_ids(
+        self, num_lfr_frames: int, transcript: str, instruction: str | None = None
+    ) -> dict[str, Any]:
+        """The token side of `build_training_example` for a clip of `num_lfr_frames` feature frames: what
+        training caches per example when the features are computed later (on the fly, in the loader workers)."""
+        num_tokens = int(audio_token_count(int(num_lfr_frames), self.audio_token_rule))
         prompt = self.transcription_prompt(instruction=instruction or prompting.instruction())
         prompt = prompt.replace(self.audio_token, self.audio_token * num_tokens)
         source_ids = self.tokenizer.encode(prompt, add_special_tokens=False)
@@ -133,7 +143,6 @@ class FunAsrNanoHfProcessor(FunAsrNanoProcessor):
         target_ids = self.tokenizer.encode(transcript, add_special_tokens=False, split_special_tokens=True)
         target_ids += self.tokenizer.encode(prompting.target_text(""), add_special_tokens=False)
         return {
-            "input_features": np.asarray(features, dtype=np.float32),
             "input_ids": source_ids + target_ids,
             "labels": [-100] * len(source_ids) + target_ids,
             "prompt_length": len(source_ids),

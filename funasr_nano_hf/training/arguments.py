@@ -120,8 +120,22 @@ class DataArguments:
     num_workers: int = field(default=4)
     feature_num_proc: int = _data_config_field("num_proc")
     on_bad_data: str = _data_config_field("on_bad_data")
+    precompute_features: bool = _data_config_field("precompute_features")
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "read --train_data (JSONL shards) as a stream: nothing cached, every example once per epoch "
+            "over ranks and workers, token-budget batches from --sort_size buffers (--batch_type token), exact "
+            "resume; needs --max_steps"
+        },
+    )
+    dither: float = _data_config_field("dither")
     cache_frozen_audio: bool = field(
-        default=False, metadata={"help": "compute the frozen encoder+adaptor once and store it with the dataset"}
+        default=False,
+        metadata={
+            "help": "compute the frozen encoder+adaptor once and store it with the dataset (implies "
+            "--precompute_features true: the cache is of clean features)"
+        },
     )
     max_eval_samples: int | None = field(default=None)
 

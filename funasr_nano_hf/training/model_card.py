@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from ..data.featurize import FRAMES_PER_SECOND
+from ..data.featurize import FRAMES_PER_SECOND, plain
 from ..evaluation import NORMALIZER_NAME, RATE_NAMES
 from .secrets import redact
 
@@ -168,17 +168,23 @@ class CardInfo:
         if finetune_args is not None:
             recipe["finetune"] = _plain(redact(dataclasses.asdict(finetune_args)))
         recipe["training (changed from transformers' defaults)"] = _non_default_options(training_args)
-        texts = list(train_set["text"]) if "text" in train_set.column_names else []
-        if valid_set is not None and "text" in valid_set.column_names:
-            texts += list(valid_set["text"])
+        texts = []  # the transcripts, for the card's languages (stored columns: no features computed)
+        for dataset in (train_set, valid_set):
+            if dataset is not None and "text" in (getattr(dataset, "column_names", None) or []):
+                texts += list(plain(dataset)["text"])
         return cls(
             base_model=str(model_args.model_dir),
             train_data=[str(p) for p in data_args.train_data],
             valid_data=[str(p) for p in data_args.valid_data],
-            train_examples=len(train_set),
-            train_hours=sum(train_set["num_frames"]) / FRAMES_PER_SECOND / 3600,
+            # a stream (--streaming) has no count: the card shows 0
+            train_examples=len(train_set) if hasattr(train_set, "__len__") else 0,
+            train_hours=sum(plain(train_set)["num_frames"]) / FRAMES_PER_SECOND / 3600
+            if hasattr(train_set, "__len__")
+            else 0.0,
             valid_examples=len(valid_set) if valid_set is not None else 0,
-            valid_hours=sum(valid_set["num_frames"]) / FRAMES_PER_SECOND / 3600 if valid_set is not None else 0.0,
+            valid_hours=sum(plain(valid_set)["num_frames"]) / FRAMES_PER_SECOND / 3600
+            if valid_set is not None
+            else 0.0,
             use_lora=model_args.use_lora,
             options={
                 "learning_rate": training_args.learning_rate,

@@ -44,9 +44,10 @@ from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
-from ..data.collator import IGNORE_INDEX
-from ..data.featurize import source_lengths
+from ..data.collator import IGNORE_INDEX, SKIPPED_FIELD, loadable
+from ..data.featurize import set_epoch, source_lengths
 from ..data.samplers import build_batch_sampler
+from ..data.streaming import StreamingBatches
 from ..evaluation import NORMALIZER_NAME, RATE_NAMES, compute_error_rates
 from ..inference.transcribe import GenerationBatch, decode_batches, featurized_batches
 from ..testing.faults import fault_point
@@ -200,6 +201,12 @@ class _EpochEvents(TrainerCallback):
     def on_epoch_begin(self, args, state, control, **kwargs):
         if self.trainer._batch_sampler is not None:
             self.trainer._batch_sampler.set_epoch(int(state.epoch or 0))
+        set_epoch(self.trainer.train_dataset, int(state.epoch or 0))  # on-the-fly augmentation is seeded per epoch
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        dataset = self.trainer.train_dataset
+        if isinstance(dataset, StreamingBatches):  # resumed: the batches this rank consumed (0 on a fresh start)
+            dataset.set_skip(state.global_step * args.gradient_accumulation_steps)
 
     def on_epoch_end(self, args, state, control, **kwargs):
         fault_point("epoch_end")
@@ -213,6 +220,7 @@ class _WithKeys:
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         batch = self.collate(examples)
+        examples = loadable(examples)  # the collator drops (and names) examples whose audio did not load
         if "key" in examples[0]:
             batch[KEYS_FIELD] = [str(example["key"]) for example in examples]
         return batch
@@ -306,6 +314,7 @@ class FunAsrNanoTrainer(Trainer):
             grad_scaler=self.grad_scaler is not None,
         )
         self._step_keys: list[str] | None = None  # set while a training step runs
+        self.data_skipped: list[str] = []  # examples dropped by the train collator (audio failed to load)
         self._staging_root: str | None = None  # set while a checkpoint is written
         protect_secrets(self.args)  # training_args.bin (checkpoints, final/, pushes) carries no credential
 
@@ -325,6 +334,9 @@ class FunAsrNanoTrainer(Trainer):
             logger.info("resuming from %s", resume_from_checkpoint)
         self.accelerator.wait_for_everyone()
         output = super().train(resume_from_checkpoint or None, *args, **kwargs)
+        if self.data_skipped:
+            output.metrics["train_skipped_examples"] = len(self.data_skipped)
+            logger.warning("%d training examples skipped: their audio could not be loaded", len(self.data_skipped))
         summary = self.nonfinite.summary()
         if summary:
             logger.warning(summary)
@@ -495,6 +507,7 @@ class FunAsrNanoTrainer(Trainer):
         out-of-memory error names the batch (`oom`), the loss is recorded for the non-finite check at the
         optimizer step (`nonfinite`; no host sync here)."""
         keys = inputs.pop(KEYS_FIELD, None) or []
+        self._count_skipped(inputs.pop(SKIPPED_FIELD, None) or [])
         step = self.state.global_step + 1
         shape = BatchShape.of(inputs, keys)
         self._step_keys = keys
@@ -541,6 +554,13 @@ class FunAsrNanoTrainer(Trainer):
         self.nonfinite.check_step(model, self.state.global_step + 1, grad_norm, gather=self._gather)
         return grad_norm
 
+    def _count_skipped(self, skipped: list[str]) -> None:
+        """Examples the loader workers could not load (``--on_bad_data skip``, on-the-fly features): named in
+        the log when met, counted in the train metrics."""
+        for reason in skipped:
+            logger.warning("skipped an example whose audio could not be loaded: %s", reason)
+        self.data_skipped.extend(skipped)
+
     def _gather(self, value: Any) -> list[Any]:
         from accelerate.utils import gather_object
 
@@ -553,6 +573,8 @@ class FunAsrNanoTrainer(Trainer):
         and their number, which then varies a little, is fixed over the run (`_fix_epoch_length`)."""
         dataset = self.train_dataset
         args = self.args
+        if isinstance(dataset, StreamingBatches):
+            return self._streaming_dataloader(dataset)
         sampler = build_batch_sampler(
             self.batch_type,
             source_lengths(dataset),
@@ -578,6 +600,25 @@ class FunAsrNanoTrainer(Trainer):
         _undo_accelerate_sharding(loader, sampler)
         self._batch_sampler = sampler
         return loader
+
+    def _streaming_dataloader(self, stream: StreamingBatches) -> DataLoader:
+        """`--streaming`: the stream yields whole batches, already split by rank (not prepared by accelerate,
+        which would dispatch one process's batches to all); resuming skips the batches consumed before the
+        checkpoint inside the stream (`_StreamResume`), without computing their features."""
+        if self.args.max_steps <= 0:
+            raise ValueError("--streaming needs --max_steps N (a stream has no length to count epochs by)")
+        self.args.ignore_data_skip = True  # the stream skips, cheaply (the Trainer would featurise and drop)
+        args = self.args
+        return DataLoader(
+            stream,
+            batch_size=None,
+            collate_fn=_WithKeys(self.data_collator),
+            num_workers=args.dataloader_num_workers,
+            pin_memory=args.dataloader_pin_memory,
+            # its own generator: starting the iterator (after the resumed RNG state is loaded) must not draw from
+            # the global one, or dropout after a resume would differ from the uninterrupted run
+            generator=torch.Generator().manual_seed(args.seed),
+        )
 
     def _fix_epoch_length(self, sampler: Any) -> None:
         """The Trainer reads ``len(dataloader)`` once and runs that many batches in every epoch (its epochs,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from funasr_nano_hf.data.featurize import DataConfig, build_dataset, source_lengths, text_length
+from funasr_nano_hf.data.featurize import DataConfig, build_dataset, plain, source_lengths, text_length
 from funasr_nano_hf.errors import DataError
 
 
@@ -55,17 +55,17 @@ def test_second_run_is_a_cache_hit_without_audio(tiny_model, small_set, tmp_path
     shutil.rmtree(small_set / "wav")  # any audio work now would fail
     second, report = build_dataset([str(small_set / "set.jsonl")], processor, config)
     assert report.usable == 6 and not report.dropped.get("unreadable audio")
-    assert second["input_ids"] == first["input_ids"]
+    assert plain(second)["input_ids"] == plain(first)["input_ids"]
 
 
 def test_length_filters_are_counted_by_reason(tiny_model, small_set, tmp_path):
     _, processor = tiny_model
     frames = build_dataset([str(small_set / "set.jsonl")], processor, DataConfig(cache_dir=str(tmp_path / "a")))[0]
-    limit = sorted(frames["num_frames"])[3]
+    limit = sorted(plain(frames)["num_frames"])[3]
     dataset, report = build_dataset(
         [str(small_set / "set.jsonl")], processor, DataConfig(cache_dir=str(tmp_path / "b"), max_source_length=limit)
     )
-    too_long = sum(n > limit for n in frames["num_frames"])
+    too_long = sum(n > limit for n in plain(frames)["num_frames"])
     assert report.dropped[f"audio longer than max_source_length={limit} fbank frames (10 ms)"] == too_long > 0
     assert len(dataset) == 6 - too_long
     _, report = build_dataset(
@@ -87,12 +87,13 @@ def test_lengths_are_funasrs_speech_and_text_length(tiny_model, small_set, tmp_p
         info = sf.info(row["audio"])
         assert row["num_frames"] == int((info.frames / info.samplerate * 1000 - 25) // 10 + 1)  # scp2jsonl's formula
         assert text_length(row["num_tokens"]) == len(processor.tokenizer.tokenize(row["text"]))
-    texts = sorted(text_length(n) for n in dataset["num_tokens"])
+    texts = sorted(text_length(n) for n in plain(dataset)["num_tokens"])
     limit = texts[2]
     kept, report = build_dataset(
         [str(small_set / "set.jsonl")], processor, DataConfig(cache_dir=str(tmp_path / "b"), max_target_length=limit)
     )
-    assert len(kept) == sum(t <= limit for t in texts) and min(text_length(n) for n in kept["num_tokens"]) <= limit
+    assert len(kept) == sum(t <= limit for t in texts)
+    assert min(text_length(n) for n in plain(kept)["num_tokens"]) <= limit
     assert report.dropped[f"transcript longer than max_target_length={limit} text tokens"] == sum(
         t > limit for t in texts
     )
@@ -105,7 +106,7 @@ def test_max_token_length_counts_every_llm_token(tiny_model, small_set, tmp_path
         [str(small_set / "set.jsonl")], processor, DataConfig(cache_dir=str(tmp_path / "a"))
     )
     assert report.usable == 6  # unset: FunASR's 1500, far above these clips
-    totals = sorted(len(ids) for ids in dataset["input_ids"])
+    totals = sorted(len(ids) for ids in plain(dataset)["input_ids"])
     limit = totals[3]
     kept, report = build_dataset(
         [str(small_set / "set.jsonl")], processor, DataConfig(cache_dir=str(tmp_path / "b"), max_token_length=limit)

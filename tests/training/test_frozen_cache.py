@@ -17,7 +17,7 @@ from funasr_nano_hf.training.model_setup import prepare_model_for_finetuning
 def lora_model_and_data(tiny_original_dir, shared_dir, tmp_path_factory):
     model, processor = load_pretrained(tiny_original_dir)
     model = prepare_model_for_finetuning(model, ModelArguments(model_dir=str(tiny_original_dir), lora_dropout=0.0))
-    config = DataConfig(cache_dir=str(tmp_path_factory.mktemp("cache")))
+    config = DataConfig(cache_dir=str(tmp_path_factory.mktemp("cache")), precompute_features=True)
     dataset, _ = build_dataset([str(shared_dir / "data" / "tts" / "valid.jsonl")], processor, config)
     return model, processor, dataset.select(range(6))
 
