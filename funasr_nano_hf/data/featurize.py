@@ -245,10 +245,14 @@ def example_features(
     epoch: int = 0,
     index: int = 0,
     data: bytes | None = None,
+    warnings: list[str] | None = None,
 ) -> np.ndarray:
-    """The one featurisation of a training example, precomputed or on the fly: read, check the audio against the
+    """The one featurisation of a training example, precomputed or on the fly: read (the quality checks of
+    `load_audio`: errors raise, warnings such as clipping go to `warnings`), check the audio against the
     header-derived length the example's ids were built for, fbank + LFR (dithered under `augmentation`)."""
-    waveform, _ = load_audio(audio, target_sr=extractor.sampling_rate, data=data)
+    waveform, info = load_audio(audio, target_sr=extractor.sampling_rate, data=data)
+    if warnings is not None:
+        warnings.extend(info.warnings)
     if len(waveform) != num_samples:
         raise AudioError(
             audio,
@@ -269,14 +273,16 @@ def _features_batch(batch: dict[str, list], processor: Any, worker: bool = False
         torch.set_num_threads(1)
     extractor = processor.feature_extractor
     empty = np.zeros((0, extractor.feature_size * extractor.num_frames_lfr), dtype=np.float32)
-    out: dict[str, list] = {"input_features": [], "error": []}
+    out: dict[str, list] = {"input_features": [], "error": [], "warning": []}
     for audio, data, num_samples in zip(batch["audio"], _bytes(batch), batch["num_samples"]):
+        warnings: list[str] = []
         try:
-            out["input_features"].append(example_features(audio, num_samples, extractor, data=data))
+            out["input_features"].append(example_features(audio, num_samples, extractor, data=data, warnings=warnings))
             out["error"].append("")
         except AudioError as err:
             out["input_features"].append(empty)
             out["error"].append(str(err))
+        out["warning"].append("; ".join(warnings))
     return out
 
 
@@ -305,11 +311,16 @@ class FeatureTransform:
         for audio, data, num_samples, index, source, key in zip(
             batch["audio"], _bytes(batch), batch["num_samples"], batch["index"], batch["source"], batch["key"]
         ):
+            warnings: list[str] = []
             try:
                 features.append(
-                    example_features(audio, num_samples, extractor, self.augmentation, self.epoch, index, data)
+                    example_features(
+                        audio, num_samples, extractor, self.augmentation, self.epoch, index, data, warnings
+                    )
                 )
                 bad.append("")
+                if warnings:  # named when met (check-data counts them up front)
+                    logger.warning("%s: example %r: %s", source, key, "; ".join(warnings))
             except AudioError as err:
                 if self.on_bad_data == "stop":
                     raise DataError(
@@ -399,7 +410,7 @@ def _drop_bad_rows(
     labels = [drop_label(error) for error in errors if error]
     report.dropped.update(label if label != "unreadable audio" else reason for label in labels)
     if config.on_bad_data == "stop":
-        raise DataError(f"{reason} (on_bad_data='stop'):\n" + report.format(MAX_PROBLEMS_SHOWN))
+        raise DataError("unusable audio or transcript (on_bad_data='stop'):\n" + report.format(MAX_PROBLEMS_SHOWN))
     return [i for i, error in enumerate(errors) if not error]
 
 
@@ -463,6 +474,7 @@ def precompute(dataset: datasets.Dataset, processor: Any, config: DataConfig, re
                 **dataset.features,
                 "input_features": datasets.List(datasets.List(datasets.Value("float32"))),
                 "error": datasets.Value("string"),
+                "warning": datasets.Value("string"),
             }
         ),
         batched=True,
@@ -472,10 +484,14 @@ def precompute(dataset: datasets.Dataset, processor: Any, config: DataConfig, re
         new_fingerprint=_fingerprint(dataset._fingerprint, _processor_fingerprint(processor), "features"),
         desc="featurizing audio",
     )
+    warnings = featurized["warning"]
+    if any(warnings):  # the quality checks' warnings (near-silence, clipping), counted with the records
+        sources = featurized["source"]
+        report.problems += [Problem(s, "audio", w, "warning") for s, w in zip(sources, warnings) if w]
     keep = _drop_bad_rows(featurized, featurized["error"], "audio does not match its header", report, config)
     result = featurized.select(keep) if len(keep) < len(featurized) else featurized
     report.usable = len(result)
-    result = result.remove_columns(["error"])
+    result = result.remove_columns(["error", "warning"])
     return result.with_format("numpy", columns=["input_features"], output_all_columns=True)
 
 

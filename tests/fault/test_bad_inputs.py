@@ -203,7 +203,10 @@ def featurized(matrix_dir, bundled_processor, tmp_path_factory):
     """Every kind through `build_dataset` with on_bad_data skip: the dataset and report a fine-tune gets."""
     config = DataConfig(on_bad_data="skip", cache_dir=str(tmp_path_factory.mktemp("cache")))
     manifests = [_manifest(matrix_dir, kind) for kind in KINDS]
-    return build_dataset([m for m, _ in manifests], bundled_processor[1], config, [t for _, t in manifests])
+    # precomputed: the data stage decodes every clip (on the fly, the loader meets them: the fine-tune kind below)
+    return build_dataset(
+        [m for m, _ in manifests], bundled_processor[1], config, [t for _, t in manifests], precompute_features=True
+    )
 
 
 @pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.name)
@@ -251,7 +254,13 @@ def test_featurize_stop_names_every_problem(matrix_dir, bundled_processor, tmp_p
     good.write_bytes(b"\n".join(lines) + b"\n")
     with pytest.raises(DataError, match="unusable audio or transcript") as err:
         build_dataset([str(good)], bundled_processor[1], config)
-    for kind in ("digital_silence", "nan_samples", "truncated_wav", "corrupt_audio"):
+    for kind in ("corrupt_audio", "zero_length"):  # found in the headers, before any decoding
+        assert BY_NAME[kind].check[1] in str(err.value), kind
+    headers_ok = [_row(n, f"{n}.wav") for n in ("digital_silence", "nan_samples", "truncated_wav")]
+    good.write_bytes(b"\n".join(headers_ok) + b"\n")
+    with pytest.raises(DataError, match="unusable audio or transcript") as err:  # found when decoded
+        build_dataset([str(good)], bundled_processor[1], config, precompute_features=True)
+    for kind in ("digital_silence", "nan_samples", "truncated_wav"):
         assert BY_NAME[kind].check[1] in str(err.value), kind
 
 
@@ -288,7 +297,7 @@ def test_finetune_skips_and_counts_every_kind(matrix_dir, tiny_original_dir, tmp
         tiny_original_dir,
         matrix_dir,
         out,
-        *"--on_bad_data skip --max_steps 3 --per_device_train_batch_size 2 --use_cpu --save_checkpoint_interval 100"
+        *"--on_bad_data skip --precompute_features true --max_steps 3 --per_device_train_batch_size 2 --use_cpu --save_checkpoint_interval 100"
         " --validate_interval 100 --num_workers 0 --disable_tqdm true --lora_r 4".split(),
         valid=False,
     )
