@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 BLOCK_S = 0.01  # the energy resolution: one fbank hop
+SILENCE_DB = -70.0  # mean block power (dB re full scale) that is silence whatever the recording
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class SegmentationConfig:
     max_segment_s: the comfortable span; longer clips are segmented, no piece is longer (FunASR's Nano examples
         use ``max_single_segment_time=30000`` ms for their VAD).
     min_pause_s: the shortest non-speech run that counts as a pause to cut at.
+    pad_s: the silence kept before and after each segment's speech (the rest of the pause is not decoded).
     threshold_db: speech is louder than ``max(noise floor + 10 dB, loud level - threshold_db)`` (levels = the
         10th and 95th percentiles of the recording's block energies).
     """
@@ -44,6 +46,8 @@ class SegmentationConfig:
     max_segment_s: float = 30.0
     min_pause_s: float = 0.3
     threshold_db: float = 45.0
+    pad_s: float = 0.1
+    threshold_dbfs: float | None = None
 
     def __post_init__(self) -> None:
         if self.max_segment_s <= 1.0:
@@ -123,14 +127,21 @@ def segment_waveform(
     hop = int(round(sampling_rate * BLOCK_S))
     energy = block_energy_db(waveform, sampling_rate)
     floor, loud = np.percentile(energy, [10, 95])
-    speech = energy > max(floor + 10.0, loud - config.threshold_db)
+    # relative to the recording's levels; below loud - 6 dB even with no pause at all; never below SILENCE_DB
+    threshold = max(min(max(floor + 10.0, loud - config.threshold_db), loud - 6.0), SILENCE_DB)
+    threshold = threshold if config.threshold_dbfs is None else config.threshold_dbfs
+    speech = energy > threshold
     starts, ends = _runs(~speech)
     long_pause = (ends - starts) >= int(round(config.min_pause_s / BLOCK_S))
     cuts = np.unique(np.concatenate([[0], (starts[long_pause] + ends[long_pause]) // 2, [len(energy)]]))
     has_speech = np.add.reduceat(speech.astype(np.int64), cuts[:-1]) > 0
     span_blocks = span_samples // hop
+    pad = int(round(config.pad_s / BLOCK_S))
     segments = []
     for first, last in zip(cuts[:-1][has_speech], cuts[1:][has_speech]):
+        # keep `pad_s` of the pause on each side of the speech, not the whole half-pause
+        voiced = np.flatnonzero(speech[first:last])
+        first, last = max(int(first), first + voiced[0] - pad), min(int(last), first + voiced[-1] + 1 + pad)
         for a, b in _split_at_quiet(energy, int(first), int(last), span_blocks):
             segments.append(Segment(a * hop, min(b * hop, len(waveform))))
     return segments
