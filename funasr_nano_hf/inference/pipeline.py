@@ -17,6 +17,10 @@ texts are the same:
 * long inputs go through `segmentation` (``segmentation=SegmentationConfig(...)``), as in `transcribe`;
   ``return_timestamps=True`` returns the segments as ``chunks`` (``{"text", "timestamp": (start, end)}``).
 
+With model objects, pass ``tokenizer=processor.tokenizer, feature_extractor=processor.feature_extractor`` (and
+optionally ``processor=processor``), as transformers' `pipeline` requires for any ASR model object; from a folder
+it loads them itself. ``dtype`` (e.g. ``"bfloat16"``) casts the LLM only: the audio path stays fp32.
+
 ``chunk_length_s`` (transformers' fixed-window chunking) is refused: it would cut words; long audio is cut at
 pauses instead. Stock transformers without `import funasr_nano_hf` still refuses our folders (unknown model type).
 """
