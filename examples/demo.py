@@ -2,6 +2,7 @@
 """The README's main job: LoRA fine-tune + CER before -> after on a held-out set, CPU, minutes.
 
     python examples/demo.py [--model_dir DIR] [--train_data M] [--valid_data M] [--output_dir outputs/demo]
+                            [--device auto|cpu|cuda|mps] [--dtype fp32|bf16|fp16]
 
 Default: the bundled small Fun-ASR-Nano (`examples/bundled/model`, ORIGINAL FunASR layout, pretrained by
 `examples/bundled/pretrain.py` on synthetic "home assistant" speech) is adapted to a new domain and new
@@ -50,21 +51,24 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         help="default 3e-3 for the bundled small model, 1e-4 (FunASR's guide) for any other model",
     )
     parser.add_argument("--examples", type=int, default=4, help="held-out transcripts to print before/after")
+    parser.add_argument("--device", default="auto", help="decoding device: auto | cpu | cuda | cuda:N | mps")
+    parser.add_argument(
+        "--dtype", choices=["fp32", "bf16", "fp16"], default=None, help="decoding dtype of the LLM (default: fp32)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
     import torch
-    from peft import PeftModel
 
-    from funasr_nano_hf import load_pretrained
     from funasr_nano_hf.evaluation import NORMALIZER_NAME
+    from funasr_nano_hf.inference import load_for_inference
 
     out, valid = Path(args.output_dir), Path(args.valid_data)
     bundled = Path(args.model_dir).resolve() == (BUNDLED / "model").resolve()
     if args.lr is None:
         args.lr = 3e-3 if bundled else 1e-4
     started = time.perf_counter()
-    model, processor = load_pretrained(args.model_dir)
+    model, processor = load_for_inference(args.model_dir, device=args.device, dtype=args.dtype)
     own_domain = BUNDLED / "data" / "pretrain_domain.jsonl"
     if bundled and own_domain.is_file():
         print(
@@ -112,8 +116,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             *([] if torch.cuda.is_available() else ["--use_cpu"]),
         ]
     )
-    base, processor = load_pretrained(args.model_dir)
-    tuned = PeftModel.from_pretrained(base, str(out / "lora" / "final")).eval()
+    # the adapter merged into the weights (decoding at the base model's speed), on the same device/dtype
+    del model
+    tuned, processor = load_for_inference(
+        args.model_dir, adapter=out / "lora" / "final", device=args.device, dtype=args.dtype
+    )
     after, pairs_after = cer_on(tuned, processor, valid)
     for (reference, old), (_, new) in list(zip(pairs_before, pairs_after))[: args.examples]:
         print(f"[demo]   ref {reference!r}\n[demo]     before {old!r}\n[demo]     after  {new!r}")

@@ -11,11 +11,14 @@ import argparse
 import logging
 import sys
 
-from ..models.configuration_funasr_nano import DTYPES
+# `models.configuration_funasr_nano.DTYPES`' keys, spelled out: importing it loads torch, and `--help` must not.
+DTYPE_NAMES = ("bf16", "fp16", "fp32")
+DEVICE_NAMES = ("auto", "cpu", "cuda", "mps")
 
 
 def _convert_model(args: argparse.Namespace) -> int:
     from ..conversion import detect_layout, load_pretrained, save_hf_folder
+    from ..models.configuration_funasr_nano import DTYPES
 
     if detect_layout(args.original_dir) != "original":
         raise SystemExit(f"{args.original_dir}: not an original FunASR folder (config.yaml + model.pt)")
@@ -29,31 +32,71 @@ def _convert_model(args: argparse.Namespace) -> int:
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".m4a")
 
 
-def _transcribe(args: argparse.Namespace) -> int:
-    import json
+def _transcription_inputs(inputs: list[str]) -> tuple[list[tuple[str, str, str | None]], list[str]]:
+    """(key, audio path, reference or None) for every audio file, directory (audio files found recursively,
+    sorted) and manifest record; and the problems met (printed by the caller)."""
     from pathlib import Path
 
-    from ..conversion import load_pretrained
-    from ..data.audio import load_audio
-    from ..data.readers import read_manifests
-    from ..inference import transcribe_detailed
-
-    items: list[tuple[str, str, str | None]] = []  # (key, audio path, reference or None)
-    manifests = [i for i in args.inputs if not i.lower().endswith(AUDIO_SUFFIXES)]
-    for path in args.inputs:
-        if path.lower().endswith(AUDIO_SUFFIXES):
-            items.append((Path(path).stem, path, None))
+    items: list[tuple[str, str, str | None]] = []
+    problems: list[str] = []
+    manifests = []
+    for name in inputs:
+        path = Path(name)
+        if path.is_dir():
+            found = sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in AUDIO_SUFFIXES)
+            if not found:
+                problems.append(f"{name}: a directory with no audio files ({' '.join(AUDIO_SUFFIXES)}) in it")
+            items += [(f.relative_to(path).with_suffix("").as_posix(), str(f), None) for f in found]
+        elif name.lower().endswith(AUDIO_SUFFIXES):
+            items.append((path.stem, name, None))
+        else:
+            manifests.append(name)
     if manifests:
-        result = read_manifests(manifests)
-        for problem in result.problems:
-            print(problem, file=sys.stderr)
-        items += [(r.key, r.audio, r.text) for r in result.records]
-    model, processor = load_pretrained(args.model)
-    if args.adapter:
-        from peft import PeftModel
+        from ..data.readers import read_manifests
 
-        model = PeftModel.from_pretrained(model, args.adapter).eval()
-    waveforms = [load_audio(path)[0] for _, path, _ in items]
+        result = read_manifests(manifests)
+        problems += [str(problem) for problem in result.problems if problem.severity == "error"]
+        for problem in result.problems:
+            if problem.severity != "error":
+                print(problem, file=sys.stderr)
+        items += [(r.key, r.audio, r.text) for r in result.records]
+    return items, problems
+
+
+def _transcribe(args: argparse.Namespace) -> int:
+    """Every input that can be transcribed is; each one that cannot gets a JSONL row with ``error`` (and a line
+    on stderr); the exit status is 1 when anything failed."""
+    import json
+
+    items, problems = _transcription_inputs(args.inputs)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if not items:
+        raise SystemExit(
+            f"transcribe: nothing to transcribe in {' '.join(args.inputs)}: expected audio files "
+            f"({' '.join(AUDIO_SUFFIXES)}), directories holding them, or manifests (jsonl / chatml / source-target "
+            "/ wav.scp) with at least one record"
+        )
+
+    from ..data.audio import load_audio
+    from ..inference import SegmentationConfig, load_for_inference, segment_clips, transcribe_detailed
+
+    model, processor = load_for_inference(
+        args.model, adapter=args.adapter, device=args.device, dtype=args.dtype, device_map=args.device_map
+    )
+    segmentation = SegmentationConfig(enabled=args.segment, max_segment_s=args.max_segment_s)
+    rows: list[dict] = [{"key": key} for key, _, _ in items]
+    good, waveforms = [], []
+    for index, (_, path, _) in enumerate(items):
+        try:
+            waveform = load_audio(path)[0]
+            segment_clips(processor, model.config, [waveform], segmentation, [path])  # refuses over-long clips
+        except (ValueError, OSError) as err:  # AudioError is a ValueError; the message names the file
+            rows[index].update(audio=path, error=str(err))
+            print(f"error: {err}", file=sys.stderr)
+            continue
+        good.append(index)
+        waveforms.append(waveform)
     kwargs = {"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {}
     results = transcribe_detailed(
         model,
@@ -64,20 +107,25 @@ def _transcribe(args: argparse.Namespace) -> int:
         hotwords=[w for w in (args.hotwords or "").split(",") if w],
         itn=args.itn,
         progress=True,
+        segmentation=segmentation,
         **kwargs,
     )
-    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
-    for (key, _, reference), result in zip(items, results):
-        row = {"key": key, **result}
+    for index, result in zip(good, results):
+        rows[index].update(result)
+    for row, (_, _, reference) in zip(rows, items):
         if reference is not None:
             row["reference"] = reference
-        out.write(json.dumps(row, ensure_ascii=False) + "\n")
-    if args.output:
-        out.close()
+    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    try:
+        for row in rows:
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+    finally:
+        if args.output:
+            out.close()
     flagged = sum(r["hit_limit"] or r["repeated"] for r in results)
     if flagged:
         print(f"{flagged} outputs flagged (hit_limit / repeated): check them", file=sys.stderr)
-    references = [(r["text"], ref) for (_, _, ref), r in zip(items, results) if ref is not None]
+    references = [(row["text"], row["reference"]) for row in rows if "reference" in row and "error" not in row]
     if references:
         from ..evaluation import NORMALIZER_NAME, compute_cer
 
@@ -85,7 +133,14 @@ def _transcribe(args: argparse.Namespace) -> int:
         print(
             f"CER {scores['cer']:.4f} on {len(references)} utterances (normaliser {NORMALIZER_NAME})", file=sys.stderr
         )
-    return 0
+    failed = len(items) - len(good) + len(problems)
+    if failed:
+        print(
+            f"transcribe: {failed} problem(s) ({len(items) - len(good)} inputs not transcribed); "
+            f"{len(good)} transcribed",
+            file=sys.stderr,
+        )
+    return 1 if failed else 0
 
 
 def _export_funasr(args: argparse.Namespace) -> int:
@@ -164,13 +219,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     convert.add_argument("original_dir")
     convert.add_argument("out_dir")
-    convert.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="dtype of the LLM weights")
+    convert.add_argument("--dtype", choices=DTYPE_NAMES, default="fp32", help="dtype of the LLM weights")
     convert.set_defaults(func=_convert_model)
 
-    tr = commands.add_parser("transcribe", help="audio files or manifests -> JSONL (key, text, duration, flags)")
-    tr.add_argument("inputs", nargs="+", help="audio files and/or manifests (any supported format)")
+    tr = commands.add_parser(
+        "transcribe",
+        help="audio files, directories or manifests -> JSONL (key, text, duration, flags, segments; error rows)",
+    )
+    tr.add_argument(
+        "inputs", nargs="+", help="audio files, directories (searched recursively) and/or manifests (any format)"
+    )
     tr.add_argument("--model", required=True, help="original FunASR folder or HF folder")
-    tr.add_argument("--adapter", default=None, help="LoRA adapter folder")
+    tr.add_argument("--adapter", default=None, help="LoRA adapter folder (merged into the weights for decoding)")
+    tr.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu) | cpu | cuda | cuda:N | mps")
+    tr.add_argument(
+        "--dtype",
+        choices=DTYPE_NAMES,
+        default=None,
+        help="the LLM's dtype (audio encoder/adaptor stay fp32); "
+        "default: the folder's (fp32 for an original FunASR folder)",
+    )
+    tr.add_argument(
+        "--device-map", default=None, help="'auto': spread a big model over the GPUs/CPU (replaces --device)"
+    )
+    tr.add_argument(
+        "--max-segment-s",
+        type=float,
+        default=30.0,
+        help="longer recordings are cut at pauses into pieces at most this long (default 30)",
+    )
+    tr.add_argument(
+        "--no-segment",
+        dest="segment",
+        action="store_false",
+        help="decode every file whole (a file over the model's limit is then an error)",
+    )
     tr.add_argument("--batch-size", type=int, default=8)
     tr.add_argument("--language", default=None, help="zh | en | ja | a checkpoint language name")
     tr.add_argument("--hotwords", default=None, help="comma-separated")

@@ -448,7 +448,7 @@ def load_original(
     processor = FunAsrNanoHfProcessor(
         FunAsrNanoHfFeatureExtractor(**feature_extractor_kwargs(yaml_conf)),
         tokenizer,
-        chat_template=tokenizer.chat_template,
+        # FunASR's structured transcription template (processor default), saved with converted folders
         audio_token=AUDIO_TOKEN,
         audio_token_rule=config.audio_token_rule,
     )

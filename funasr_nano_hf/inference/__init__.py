@@ -1,5 +1,9 @@
-"""Inference: batched greedy transcription, one decoding loop (`decode_batches`) for audio and dataset rows."""
+"""Inference: batched greedy transcription, one decoding loop (`decode_batches`) for audio and dataset rows;
+long audio segmented at pauses (`segmentation`); device/dtype/LoRA-merged loading (`runtime`); the transformers
+ASR pipeline (`pipeline`, registered by `import funasr_nano_hf`)."""
 
+from .runtime import load_for_inference, resolve_device, resolve_dtype
+from .segmentation import Segment, SegmentationConfig
 from .transcribe import (
     AudioLike,
     Decoded,
@@ -10,6 +14,7 @@ from .transcribe import (
     generate_batch,
     generate_ids,
     repeated_span,
+    segment_clips,
     transcribe,
     transcribe_detailed,
     transcribe_featurized,
@@ -26,6 +31,12 @@ __all__ = [
     "generate_batch",
     "generate_ids",
     "repeated_span",
+    "load_for_inference",
+    "resolve_device",
+    "resolve_dtype",
+    "Segment",
+    "SegmentationConfig",
+    "segment_clips",
     "transcribe",
     "transcribe_detailed",
     "transcribe_featurized",

@@ -4,9 +4,11 @@ FunASR decodes one clip per `generate` call; here clips are left-padded into bat
 ends where generation starts) and decoded together. Every transcript this package produces comes out of
 `decode_batches`, whatever the batches were built from:
 
-* audio (paths or 16 kHz waveforms): `transcribe_detailed` sorts the clips by length, builds the batches with
-  the processor's inference prompt (`FunAsrNanoHfProcessor.prepare_transcription`) and returns one result per
-  clip, in input order; `transcribe` is its texts;
+* audio (paths or 16 kHz waveforms): `transcribe_detailed` cuts clips longer than the comfortable span at
+  pauses (`segmentation`), sorts all pieces by length, builds the batches with the processor's inference prompt
+  (`FunAsrNanoHfProcessor.prepare_transcription`) and returns one result per clip, in input order, with
+  per-segment timestamps for segmented clips; `transcribe` is its texts; the transformers pipeline
+  (`pipeline.FunAsrNanoAsrPipeline`) decodes through the same functions;
 * featurized dataset rows (`data.featurize`: the training prompt, already tokenised, and the audio features):
   `transcribe_featurized` batches them in the given order with the generation collator; the Trainer's CER
   decoding (`FunAsrNanoTrainer.generate_transcripts`) and the tests use it.
@@ -24,6 +26,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from .segmentation import Segment, SegmentationConfig, check_length, join_texts, max_samples, segment_waveform
 
 AudioLike = str | Path | np.ndarray
 
@@ -55,6 +59,9 @@ class GenerationBatch:
 
     inputs: Mapping[str, Any]
     max_new_tokens: int
+    # Each row's own cap (<= max_new_tokens) when the rows differ: tokens past it are dropped, so a row decodes
+    # as it would alone (greedy decoding is row-wise causal) whatever else is in its batch.
+    row_caps: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -110,12 +117,17 @@ def decode_batches(
     pad = processor.tokenizer.pad_token_id
     for batch in batches:
         ids = generate_batch(model, batch.inputs, max_new_tokens=batch.max_new_tokens, device=device, **generate_kwargs)
+        caps = batch.row_caps or (batch.max_new_tokens,) * ids.shape[0]
+        ids = ids.masked_fill(
+            torch.arange(ids.shape[1], device=ids.device)[None, :] >= torch.tensor(caps, device=ids.device)[:, None],
+            pad,
+        )
         decoded = []
-        for row, text in zip(ids.tolist(), processor.batch_decode_transcripts(ids)):
+        for row, text, cap in zip(ids.tolist(), processor.batch_decode_transcripts(ids), caps):
             tokens = [t for t in row if t != pad]
             content = [t for t in tokens if t not in eos]
             stopped = len(content) < len(tokens)
-            decoded.append(Decoded(text, not stopped and len(tokens) >= batch.max_new_tokens, repeated_span(content)))
+            decoded.append(Decoded(text, not stopped and len(tokens) >= cap, repeated_span(content)))
         yield decoded
 
 
@@ -146,8 +158,8 @@ def waveform_batches(
     instructions: Sequence[str] | None = None,
 ) -> Iterator[GenerationBatch]:
     """One batch per chunk of indices into `waveforms`, with FunASR's inference prompt (the same for every clip,
-    or one `instructions` text per waveform); the cap is `max_new_tokens` or `default_max_new_tokens` of the
-    chunk's longest clip."""
+    or one `instructions` text per waveform); the cap is `max_new_tokens`, or each clip's own
+    `default_max_new_tokens` (`GenerationBatch.row_caps`)."""
     if instructions is not None and len(instructions) != len(waveforms):
         raise ValueError(f"got {len(instructions)} instructions for {len(waveforms)} clips")
     rate = processor.feature_extractor.sampling_rate
@@ -160,8 +172,11 @@ def waveform_batches(
             itn=itn,
             instructions=None if instructions is None else [instructions[i] for i in chunk],
         )
-        cap = max_new_tokens if max_new_tokens is not None else default_max_new_tokens(max(map(len, clips)) / rate)
-        yield GenerationBatch(inputs, cap)
+        if max_new_tokens is not None:
+            yield GenerationBatch(inputs, max_new_tokens)
+        else:
+            caps = tuple(default_max_new_tokens(len(clip) / rate) for clip in clips)
+            yield GenerationBatch(inputs, max(caps), caps)
 
 
 def generate_ids(
@@ -191,6 +206,28 @@ def generate_ids(
     return generate_batch(model, batch.inputs, max_new_tokens=batch.max_new_tokens, **generate_kwargs)
 
 
+def segment_clips(
+    processor: Any,
+    model_config: Any,
+    waveforms: Sequence[np.ndarray],
+    segmentation: SegmentationConfig,
+    names: Sequence[str] | None = None,
+) -> list[list[Segment]]:
+    """The pieces each clip is decoded in (`segmentation.segment_waveform`), or the whole clip when segmentation
+    is off, after checking that it fits the encoder's position table (a ValueError naming the clip otherwise)."""
+    extractor = processor.feature_extractor
+    rate = extractor.sampling_rate
+    limit = max_samples(model_config, extractor)
+    pieces = []
+    for index, waveform in enumerate(waveforms):
+        if segmentation.enabled:
+            pieces.append(segment_waveform(waveform, rate, segmentation, limit))
+        else:
+            check_length(len(waveform), limit, rate, names[index] if names else f"clip {index}")
+            pieces.append([Segment(0, len(waveform))])
+    return pieces
+
+
 def transcribe_detailed(
     model: Any,
     processor: Any,
@@ -201,48 +238,76 @@ def transcribe_detailed(
     hotwords: Sequence[str] | None = None,
     itn: bool = True,
     progress: bool = False,
+    segmentation: SegmentationConfig | None = None,
+    device: torch.device | str | None = None,
     **generate_kwargs: Any,
 ) -> list[dict[str, Any]]:
-    """Transcribe paths or 16 kHz mono arrays, longest first in batches of `batch_size`, into one result per
-    clip in input order: ``text``, ``duration`` (seconds) and the guards ``hit_limit`` and ``repeated``
-    (`Decoded`), flagged, never silently returned. `generate_kwargs` (e.g. ``max_new_tokens``) go to
-    `generate`."""
+    """Transcribe paths or 16 kHz mono arrays into one result per clip, in input order: ``text``, ``duration``
+    (seconds), the guards ``hit_limit`` and ``repeated`` (`Decoded`; for a segmented clip, any segment's), and
+    for a clip longer than the comfortable span (`SegmentationConfig.max_segment_s`) ``segments``: one
+    ``{"start", "end", "text"}`` (seconds) per piece it was cut into at pauses, the texts joined as FunASR joins
+    VAD segments. All pieces of all clips are sorted by length (longest first) into batches of `batch_size`;
+    the results do not depend on the batching. `generate_kwargs` (e.g. ``max_new_tokens``) go to `generate`;
+    ``device`` (default the model's) receives the inputs."""
     from tqdm.auto import tqdm
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     single = isinstance(audio, (str, Path)) or (isinstance(audio, np.ndarray) and audio.ndim == 1)
+    items = [audio] if single else list(audio)
     rate = processor.feature_extractor.sampling_rate
-    waveforms = [_as_waveform(item, rate) for item in ([audio] if single else audio)]
-    order = sorted(range(len(waveforms)), key=lambda i: len(waveforms[i]), reverse=True)
+    waveforms = [_as_waveform(item, rate) for item in items]
+    names = [str(item) if isinstance(item, (str, Path)) else f"clip {i}" for i, item in enumerate(items)]
+    segments = segment_clips(processor, model.config, waveforms, segmentation or SegmentationConfig(), names)
+    pieces = [(clip, segment) for clip, clip_segments in enumerate(segments) for segment in clip_segments]
+    views = [waveforms[clip][segment.start : segment.end] for clip, segment in pieces]
+    order = sorted(range(len(views)), key=lambda i: len(views[i]), reverse=True)
     chunks = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
     batches = waveform_batches(
         processor,
-        waveforms,
+        views,
         chunks,
         max_new_tokens=generate_kwargs.pop("max_new_tokens", None),
         language=language,
         hotwords=hotwords,
         itn=itn,
     )
-    results: list[dict[str, Any] | None] = [None] * len(waveforms)
-    decoded = decode_batches(
-        model, processor, tqdm(batches, total=len(chunks), disable=not progress, desc="transcribing"), **generate_kwargs
+    decoded: list[Decoded | None] = [None] * len(views)
+    rows = decode_batches(
+        model,
+        processor,
+        tqdm(batches, total=len(chunks), disable=not progress, desc="transcribing"),
+        device=device,
+        **generate_kwargs,
     )
-    for chunk, rows in zip(chunks, decoded):
-        for index, row in zip(chunk, rows):
-            results[index] = {
-                "text": row.text,
-                "duration": round(len(waveforms[index]) / rate, 3),
-                "hit_limit": row.hit_limit,
-                "repeated": row.repeated,
-            }
-    return results  # type: ignore[return-value]
+    for chunk, batch_rows in zip(chunks, rows):
+        for index, row in zip(chunk, batch_rows):
+            decoded[index] = row
+    results: list[dict[str, Any]] = []
+    cursor = 0
+    for clip, clip_segments in enumerate(segments):
+        own = decoded[cursor : cursor + len(clip_segments)]
+        cursor += len(clip_segments)
+        whole = len(clip_segments) == 1 and clip_segments[0] == Segment(0, len(waveforms[clip]))
+        result = {
+            "text": own[0].text if whole else join_texts([row.text for row in own]),
+            "duration": round(len(waveforms[clip]) / rate, 3),
+            "hit_limit": any(row.hit_limit for row in own),
+            "repeated": any(row.repeated for row in own),
+        }
+        if not whole:
+            result["segments"] = [
+                {"start": a, "end": b, "text": row.text}
+                for (a, b), row in zip((segment.seconds(rate) for segment in clip_segments), own)
+            ]
+        results.append(result)
+    return results
 
 
 def transcribe(model: Any, processor: Any, audio: AudioLike | Sequence[AudioLike], **kwargs: Any) -> list[str]:
     """Transcribe paths or 16 kHz mono arrays: the texts of `transcribe_detailed`, which takes the same keyword
-    arguments (``batch_size``, ``language``, ``hotwords``, ``itn``, generation options such as ``max_new_tokens``)."""
+    arguments (``batch_size``, ``language``, ``hotwords``, ``itn``, ``segmentation``, ``device``, generation
+    options such as ``max_new_tokens``)."""
     return [result["text"] for result in transcribe_detailed(model, processor, audio, **kwargs)]
 
 
@@ -254,8 +319,8 @@ def featurized_batches(
 ) -> Iterator[GenerationBatch]:
     """Featurized rows (a `datasets.Dataset` or a sequence of dicts with ``input_features`` or
     ``audio_embeds``, ``input_ids``, ``prompt_length``, ``num_frames``), `batch_size` at a time in their order:
-    each row's prompt, left-padded by the generation collator; the cap is `max_new_tokens` or
-    `default_max_new_tokens` of the batch's longest clip (``num_frames`` fbank frames)."""
+    each row's prompt, left-padded by the generation collator; the cap is `max_new_tokens` or each row's own
+    `default_max_new_tokens` (``num_frames`` fbank frames)."""
     from ..data.collator import FunAsrNanoCollator
     from ..data.featurize import FRAMES_PER_SECOND
 
@@ -265,9 +330,11 @@ def featurized_batches(
     for start in range(0, len(rows), batch_size):
         stop = min(start + batch_size, len(rows))
         chunk = list(rows.select(range(start, stop)) if hasattr(rows, "select") else rows[start:stop])
-        longest = max(int(row["num_frames"]) for row in chunk)
-        cap = max_new_tokens if max_new_tokens else default_max_new_tokens(longest / FRAMES_PER_SECOND)
-        yield GenerationBatch(collate(chunk), cap)
+        if max_new_tokens:
+            yield GenerationBatch(collate(chunk), max_new_tokens)
+        else:
+            caps = tuple(default_max_new_tokens(int(row["num_frames"]) / FRAMES_PER_SECOND) for row in chunk)
+            yield GenerationBatch(collate(chunk), max(caps), caps)
 
 
 def transcribe_featurized(

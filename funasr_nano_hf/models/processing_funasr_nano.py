@@ -39,6 +39,62 @@ def audio_token_count(num_frames: torch.Tensor | int, rule: str) -> torch.Tensor
     raise ValueError(f"audio_token_rule must be one of {AUDIO_TOKEN_RULES}, got {rule!r}")
 
 
+def _transcription_chat_template() -> str:
+    """A structured chat template giving FunASR's prompt (`prompting.chatml_prompt` of `prompting.instruction`).
+
+    A user turn's content list may hold ``{"type": "audio"}`` (one placeholder each), ``{"type": "keywords",
+    "keywords": [...]}`` (hotwords), ``{"type": "language", "language": "zh" | "中文" | ...}``, ``{"type": "itn",
+    "itn": false}`` and ``{"type": "text", "text": ...}`` (replaces the instruction, as a ChatML manifest's own
+    instruction does); string contents pass through (Qwen's plain ChatML). FunASR's system turn is added when
+    the conversation has none.
+    """
+
+    def literal(text: str) -> str:
+        return "'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
+
+    names = ", ".join(f"{literal(code)}: {literal(name)}" for code, name in prompting.LANGUAGE_NAMES.items())
+    return (
+        "{%- set names = {" + names + "} -%}"
+        "{%- set ns = namespace(system=false) -%}"
+        "{%- for message in messages -%}{%- if message.role == 'system' -%}{%- set ns.system = true -%}"
+        "{%- endif -%}{%- endfor -%}"
+        "{%- if not ns.system -%}{{ "
+        + literal(f"<|im_start|>system\n{prompting.DEFAULT_SYSTEM_PROMPT}<|im_end|>\n")
+        + " }}{%- endif -%}"
+        "{%- for message in messages -%}"
+        "{{ '<|im_start|>' + message.role + '\\n' }}"
+        "{%- if message.content is string -%}{{ message.content }}"
+        "{%- else -%}"
+        "{%- set p = namespace(text=none, keywords=[], language=none, itn=true, audio=0) -%}"
+        "{%- for item in message.content -%}"
+        "{%- if item.type == 'text' -%}{%- set p.text = item.text -%}"
+        "{%- elif item.type == 'keywords' -%}{%- set p.keywords = item.keywords -%}"
+        "{%- elif item.type == 'language' -%}{%- set p.language = item.language -%}"
+        "{%- elif item.type == 'itn' -%}{%- set p.itn = item.itn -%}"
+        "{%- elif item.type == 'audio' -%}{%- set p.audio = p.audio + 1 -%}"
+        "{%- endif -%}"
+        "{%- endfor -%}"
+        "{%- if p.text is not none -%}{{ p.text }}"
+        "{%- elif p.audio > 0 -%}"
+        "{%- if p.keywords -%}{{ "
+        + literal(prompting.HOTWORD_HEADER + "热词列表：[")
+        + " + (p.keywords | join(', ')) + ']\\n' }}{%- endif -%}"
+        "{{ '语音转写' }}"
+        "{%- if p.language -%}{{ '成' + names.get(p.language | trim | lower, p.language | trim) }}{%- endif -%}"
+        "{%- if not p.itn -%}{{ " + literal(prompting.NO_ITN_SUFFIX) + " }}{%- endif -%}"
+        "{{ '：' }}"
+        "{%- endif -%}"
+        "{{ '" + "<|object_ref_start|>" + "' * p.audio }}"
+        "{%- endif -%}"
+        "{{ '<|im_end|>\\n' }}"
+        "{%- endfor -%}"
+        "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+    )
+
+
+TRANSCRIPTION_CHAT_TEMPLATE = _transcription_chat_template()
+
+
 class FunAsrNanoHfProcessor(FunAsrNanoProcessor):
     """Feature extractor + Qwen3 tokenizer, with FunASR's audio-token count and prompts.
 
@@ -59,9 +115,89 @@ class FunAsrNanoHfProcessor(FunAsrNanoProcessor):
         if audio_token_rule not in AUDIO_TOKEN_RULES:
             raise ValueError(f"audio_token_rule must be one of {AUDIO_TOKEN_RULES}, got {audio_token_rule!r}")
         self.audio_token_rule = audio_token_rule
+        chat_template = TRANSCRIPTION_CHAT_TEMPLATE if chat_template is None else chat_template
         super().__init__(feature_extractor, tokenizer, chat_template=chat_template, audio_token=audio_token)
         if self.audio_token_id is None or self.audio_token_id == tokenizer.unk_token_id:
             raise ValueError(f"audio token {audio_token!r} is not in the tokenizer's vocabulary")
+
+    def __call__(self, text=None, audio=None, output_labels: bool | None = False, **kwargs) -> BatchFeature:
+        """The stock call; with audio and no text, each clip gets FunASR's default transcription prompt
+        (`transcription_prompt`), left-padded for generation."""
+        if text is None and audio is not None:
+            count = 1 if isinstance(audio, (np.ndarray, torch.Tensor)) and audio.ndim == 1 else len(audio)
+            text = [self.transcription_prompt()] * count
+            kwargs.setdefault("padding", True)
+            kwargs.setdefault("padding_side", "left")
+        return super().__call__(text, audio, output_labels=output_labels, **kwargs)
+
+    def apply_transcription_request(
+        self,
+        audio,
+        language: str | list[str] | None = None,
+        hotwords: Sequence[str] | list[Sequence[str]] | None = None,
+        itn: bool = True,
+        prompt: str | list[str] | None = None,
+        keywords: Sequence[str] | list[Sequence[str]] | None = None,
+        tokenize: bool = True,
+        **kwargs,
+    ) -> BatchFeature | list[str]:
+        """FunASR's prompt for each clip through the structured chat template (`TRANSCRIPTION_CHAT_TEMPLATE`,
+        used whatever template the folder shipped): ``language`` (a code or a checkpoint name), ``hotwords``
+        (transformers' name ``keywords`` too; a flat list for all clips or one list per clip), ``itn`` and
+        ``prompt`` (an instruction replacing FunASR's) as in `transcribe`. Batches are left-padded for
+        generation. ``tokenize=False`` returns the prompt strings with one audio placeholder each."""
+        from transformers.audio_utils import make_audio_chat_template_content, make_list_of_audio_chat_template
+
+        if hotwords is not None and keywords is not None:
+            raise ValueError("pass hotwords or keywords (the same thing), not both")
+        hotwords = keywords if hotwords is None else hotwords
+        items = list(make_list_of_audio_chat_template(audio))
+        if not items:
+            raise ValueError("`audio` must contain at least one clip")
+
+        def per_clip(value, name: str, nested: bool = False) -> list:
+            if (
+                nested
+                and value
+                and all(isinstance(v, (list, tuple)) for v in value)
+                or not nested
+                and isinstance(value, list)
+            ):
+                if len(value) != len(items):
+                    raise ValueError(f"{name}: got {len(value)} values for {len(items)} clips")
+                return list(value)
+            return [value] * len(items)
+
+        conversations = []
+        for clip, lang, words, instruction in zip(
+            items,
+            per_clip(language, "language"),
+            per_clip(hotwords, "hotwords", nested=True),
+            per_clip(prompt, "prompt"),
+        ):
+            content = [make_audio_chat_template_content(clip)]
+            if instruction is not None:
+                content.append({"type": "text", "text": instruction})
+            if words:
+                content.append({"type": "keywords", "keywords": list(words)})
+            if lang is not None:
+                content.append({"type": "language", "language": lang})
+            if not itn:
+                content.append({"type": "itn", "itn": False})
+            conversations.append([{"role": "user", "content": content}])
+        if tokenize:
+            processor_kwargs = dict(kwargs.pop("processor_kwargs", None) or {})
+            processor_kwargs.setdefault("padding", True)
+            processor_kwargs.setdefault("padding_side", "left")
+            kwargs["processor_kwargs"] = processor_kwargs
+        return self.apply_chat_template(
+            conversations,
+            chat_template=TRANSCRIPTION_CHAT_TEMPLATE,
+            tokenize=tokenize,
+            add_generation_prompt=True,
+            return_dict=tokenize,
+            **kwargs,
+        )
 
     # -- audio tokens --------------------------------------------------------------------------------
     def _process_audio(self, audio, **kwargs):
@@ -159,4 +295,4 @@ class FunAsrNanoHfProcessor(FunAsrNanoProcessor):
 AutoFeatureExtractor.register(FunAsrNanoHfConfig, FunAsrNanoHfFeatureExtractor)
 AutoProcessor.register(FunAsrNanoHfConfig, FunAsrNanoHfProcessor)
 
-__all__ = ["FunAsrNanoHfProcessor", "audio_token_count", "low_frame_rate_token_count"]
+__all__ = ["TRANSCRIPTION_CHAT_TEMPLATE", "FunAsrNanoHfProcessor", "audio_token_count", "low_frame_rate_token_count"]

@@ -149,3 +149,16 @@ def test_decode_batches_strips_the_prompt_and_flags_bad_decodes():
         Decoded("3 3 3 3", hit_limit=True, repeated=True),  # a decode loop
     ]
     assert model.calls == [{"max_new_tokens": 4, "do_sample": False}]  # greedy unless asked otherwise
+
+
+def test_default_caps_are_per_clip_so_batching_does_not_change_results(tiny_model, shared_dir):
+    """Without max_new_tokens each clip gets its own duration-scaled cap, also inside a batch with longer clips
+    (the tiny random model never stops by itself, so every output runs to its cap)."""
+    model, processor = tiny_model
+    real = shared_dir / "data" / "real"
+    arrays = [sf.read(str(real / "sample.wav"), dtype="float32")[0][: 16000 * n // 2] for n in (1, 2, 4)]
+    one_by_one = transcribe_detailed(model, processor, arrays, batch_size=1)
+    assert transcribe_detailed(model, processor, arrays, batch_size=3) == one_by_one
+    assert all(row["hit_limit"] for row in one_by_one)
+    lengths = [len(processor.tokenizer.encode(row["text"])) for row in one_by_one]
+    assert lengths[0] < lengths[1] < lengths[2]
