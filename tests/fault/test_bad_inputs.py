@@ -297,7 +297,8 @@ def test_finetune_skips_and_counts_every_kind(matrix_dir, tiny_original_dir, tmp
         tiny_original_dir,
         matrix_dir,
         out,
-        *"--on_bad_data skip --precompute_features true --max_steps 3 --per_device_train_batch_size 2 --use_cpu --save_checkpoint_interval 100"
+        *"--on_bad_data skip --precompute_features true --max_steps 3 --per_device_train_batch_size 2 --use_cpu"
+        " --save_checkpoint_interval 100"
         " --validate_interval 100 --num_workers 0 --disable_tqdm true --lora_r 4".split(),
         valid=False,
     )
