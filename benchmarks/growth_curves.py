@@ -111,7 +111,9 @@ def main() -> None:
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
-        folder = Path(args.checkpoint) if args.checkpoint else write_original_checkpoint(scratch / "ckpt", size=args.size)
+        folder = (
+            Path(args.checkpoint) if args.checkpoint else write_original_checkpoint(scratch / "ckpt", size=args.size)
+        )
         steps = step_curves(folder, scratch, args.batches, args.clip_seconds, args.steps, args.cached)
         decode, audio = decode_curve(folder, scratch, args.decode_batches, args.decode_clips, args.max_new_tokens)
     print(
@@ -121,7 +123,9 @@ def main() -> None:
     print(f"{'batch':>6s} " + " ".join(f"{f'{s:g} s':>9s}" for s in args.clip_seconds))
     for batch_size in args.batches:
         print(f"{batch_size:6d} " + " ".join(f"{steps[(batch_size, s)]:9.4f}" for s in args.clip_seconds))
-    print(f"\ngreedy decode, {args.decode_clips} clips of 1-20 s ({audio:.1f} s audio), <= {args.max_new_tokens} tokens")
+    print(
+        f"\ngreedy decode, {args.decode_clips} clips of 1-20 s ({audio:.1f} s audio), <= {args.max_new_tokens} tokens"
+    )
     print(f"{'batch':>6s} {'utt/s':>8s} {'audio s/s':>10s}")
     for batch_size, (utt, aud) in decode.items():
         print(f"{batch_size:6d} {utt:8.2f} {aud:10.2f}")
@@ -135,7 +139,9 @@ def main() -> None:
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for length in args.clip_seconds:
         left.plot(args.batches, [steps[(b, length)] for b in args.batches], marker="o", label=f"{length:g} s clips")
-    left.set(xlabel="batch size", ylabel="s per step per audio-second", title="LoRA step cost", xscale="log", yscale="log")
+    left.set(
+        xlabel="batch size", ylabel="s per step per audio-second", title="LoRA step cost", xscale="log", yscale="log"
+    )
     left.set_xticks(args.batches, [str(b) for b in args.batches])
     left.legend()
     right.plot(list(decode), [v[0] for v in decode.values()], marker="o")
