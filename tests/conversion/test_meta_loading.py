@@ -8,6 +8,7 @@ from transformers.initialization import no_init_weights
 
 from funasr_nano_hf import load_pretrained
 from funasr_nano_hf.conversion.loading import read_model_pt
+from funasr_nano_hf.conversion.meta_init import cast_like_model
 from funasr_nano_hf.conversion.original_layout import layout_from_config, original_to_hf
 from funasr_nano_hf.models.modeling_funasr_nano import FunAsrNanoHfForConditionalGeneration
 
@@ -42,3 +43,15 @@ def test_meta_loading_is_bit_identical_to_copying(tiny_original_dir):
     assert any(name.endswith("inv_freq") for name in computed), computed
     assert model.lm_head.weight is model.model.language_model.embed_tokens.weight
     assert model.funasr_extra_state.keys() == {"ctc_decoder.linear1.weight", "ctc.ctc_lo.weight", "ctc.ctc_lo.bias"}
+
+
+def test_tensors_already_in_the_models_dtype_are_taken_not_copied(tiny_model):
+    """What makes the meta path copy-free: a model.pt tensor in the right dtype becomes the parameter as it is;
+    another dtype is converted (bf16 LLM weights into an fp32 model: one converted copy, tensor by tensor)."""
+    model, _ = tiny_model
+    name = "model.audio_tower.layers.0.mlp.fc1.weight"
+    same = model.state_dict()[name].clone()
+    assert cast_like_model(model, {name: same})[name] is same
+    other = same.to(torch.bfloat16)
+    converted = cast_like_model(model, {name: other})[name]
+    assert converted.dtype == torch.float32 and torch.equal(converted, other.float())
