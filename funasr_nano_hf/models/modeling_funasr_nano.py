@@ -265,6 +265,11 @@ class FunAsrNanoHfForConditionalGeneration(FunAsrNanoForConditionalGeneration):
         return_dict = kwargs.pop("return_dict", None)
         outputs = self.model(**kwargs, return_dict=True)
         hidden = outputs.last_hidden_state
+        if labels.shape != hidden.shape[:2]:
+            raise ValueError(
+                f"labels has shape {tuple(labels.shape)}, the sequence {tuple(hidden.shape[:2])}: labels must be "
+                "[batch, sequence] aligned with input_ids (-100 where no token is predicted)"
+            )
         ignore_index = loss_kwargs.get("ignore_index", -100)
         shifted = nn.functional.pad(labels, (0, 1), value=ignore_index)[..., 1:].to(hidden.device)
         keep = shifted != ignore_index

@@ -64,6 +64,16 @@ def test_labelled_positions_loss_and_gradients_equal_full_logits(model_and_batch
         torch.testing.assert_close(kept_grads[name], grad, rtol=1e-5, atol=1e-7, msg=name)
 
 
+def test_misaligned_labels_are_refused_with_a_clear_error(model_and_batch):
+    model, _, batch = model_and_batch
+    model.train()
+    try:
+        with pytest.raises(ValueError, match=r"labels has shape .* labels must be \[batch, sequence\] aligned"):
+            model(**{**batch, "labels": batch["labels"][:, :-1]})
+    finally:
+        model.eval()
+
+
 def test_eval_mode_keeps_full_logits(model_and_batch):
     """Evaluation (eval_acc, compute_metrics) gets [batch, sequence, vocab] logits as transformers gives them."""
     model, _, batch = model_and_batch
