@@ -87,7 +87,7 @@ def test_sharded_cache_equals_the_whole_and_reads_the_other_shards_from_the_cach
     assert waited == [0, 1]
 
 
-def test_released_audio_path_trains_the_same_on_cached_embeddings(tiny_original_dir, lora_model_and_data):
+def test_released_audio_path_trains_the_same_on_cached_embeddings(tiny_original_dir, lora_model_and_data, tmp_path):
     """Freeing the frozen encoder + adaptor after caching: same loss and gradients on the cached data, a clear error
     (not a crash deep in torch) if audio features reach it, and the adapter still saves."""
     from funasr_nano_hf.training.frozen_cache import ReleasedAudioModule, release_frozen_audio_path
@@ -114,4 +114,5 @@ def test_released_audio_path_trains_the_same_on_cached_embeddings(tiny_original_
         torch.testing.assert_close(results[1][1][name], grad, rtol=1e-5, atol=1e-7)
     with pytest.raises(RuntimeError, match="released after caching"):
         model(**collate(list(dataset)))
-    model.save_pretrained(str(tiny_original_dir.parent / "released_adapter"))
+    model.save_pretrained(str(tmp_path / "adapter"))
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
