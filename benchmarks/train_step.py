@@ -6,7 +6,13 @@ run: FunASR's own `FunASRNano` forward+backward+AdamW (its own LoRA, lora_finetu
 Each variant runs in its own subprocess (peak RSS per variant); the parent prints the table and ratios.
 "a step" = forward + backward + optimizer step on the same batch; warm-up step excluded.
 
-    python benchmarks/train_step.py [--checkpoint DIR] [--steps 3]
+    python benchmarks/train_step.py [--size real|tiny] [--checkpoint DIR] [--steps 3] [--batch 4] [--clip-seconds S]
+                                    [--full-logits] [--fused-adamw] [--profile]
+
+Ours also reports: achieved GFLOP/s (`perf.lora_step_flops`: counted from the model's shapes and the batch) against
+an fp32 matmul peak measured in the same process, and peak RSS after loading and after the steps.
+`--full-logits` computes lm_head at every position (the behaviour before the labelled-logits change), `--profile`
+prints torch.profiler's top-10 ops of one step of ours.
 """
 
 from __future__ import annotations
@@ -25,7 +31,11 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "tts"
 LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
 
 
-def pick_clips(n: int = 4) -> list[dict]:
+def pick_clips(n: int = 4, clip_seconds: float | None = None, folder: Path | None = None) -> list[dict]:
+    if clip_seconds is not None:
+        from perf import write_clips
+
+        return write_clips(folder, [clip_seconds] * n)
     rows = list(csv.DictReader(open(SHARED / "train_meta.tsv", encoding="utf-8"), delimiter="\t"))
     chosen = [r for r in rows if 3.0 <= float(r["duration_s"]) <= 4.0][:n]
     return [
@@ -87,8 +97,17 @@ def run_funasr(checkpoint: str, clips: list[dict], steps: int) -> dict:
     return {"loss0": loss0, "times": _timed_steps(step, steps)}
 
 
-def run_ours(checkpoint: str, clips: list[dict], steps: int, cached: bool) -> dict:
+def run_ours(
+    checkpoint: str,
+    clips: list[dict],
+    steps: int,
+    cached: bool,
+    full_logits: bool = False,
+    fused: bool = False,
+    profile: bool = False,
+) -> dict:
     import torch
+    from perf import lora_step_flops, matmul_peak_gflops, peak_rss_gb
 
     from funasr_nano_hf import load_pretrained
     from funasr_nano_hf.data.collator import FunAsrNanoCollator
@@ -98,6 +117,8 @@ def run_ours(checkpoint: str, clips: list[dict], steps: int, cached: bool) -> di
     from funasr_nano_hf.training.model_setup import prepare_model_for_finetuning
 
     model, processor = load_pretrained(checkpoint)
+    load_rss = peak_rss_gb()
+    model.labelled_logits_only = not full_logits
     model = prepare_model_for_finetuning(
         model,
         ModelArguments(
@@ -121,7 +142,8 @@ def run_ours(checkpoint: str, clips: list[dict], steps: int, cached: bool) -> di
     model.eval()
     with torch.no_grad():
         loss0 = model(**batch).loss.item()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=1e-4, fused=fused or None)
     model.train()
 
     def step():
@@ -130,7 +152,18 @@ def run_ours(checkpoint: str, clips: list[dict], steps: int, cached: bool) -> di
         optimizer.step()
         optimizer.zero_grad()
 
-    return {"loss0": loss0, "times": _timed_steps(step, steps), "cache_seconds": cache_seconds}
+    times = _timed_steps(step, steps)
+    flops = lora_step_flops(model, batch, cached=cached, labelled_logits=not full_logits)
+    result = {"loss0": loss0, "times": times, "cache_seconds": cache_seconds, "load_rss_gb": load_rss}
+    result.update(gflop=flops / 1e9, peak_gflops=matmul_peak_gflops())
+    if profile:
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as profiler
+
+        with profiler(activities=[ProfilerActivity.CPU]) as prof:
+            step()
+        result["profile"] = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=10)
+    return result
 
 
 def main() -> None:
@@ -138,13 +171,32 @@ def main() -> None:
     parser.add_argument("--checkpoint", default=None, help="original-layout folder (default: build one, ~2 GB)")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--variant", choices=["funasr", "ours", "ours_cached"], default=None)
+    parser.add_argument("--size", choices=["real", "tiny"], default="real", help="architecture of the built checkpoint")
+    parser.add_argument("--batch", type=int, default=4, help="clips per batch")
+    parser.add_argument("--clip-seconds", type=float, default=None, help="clip length (default: shared 3-4 s clips)")
+    parser.add_argument("--full-logits", action="store_true", help="lm_head at every position (the old behaviour)")
+    parser.add_argument("--fused-adamw", action="store_true", help="torch's fused AdamW for ours")
+    parser.add_argument("--profile", action="store_true", help="torch.profiler top-10 ops of one step of ours")
+    parser.add_argument("--variants", default="funasr,ours,ours_cached", help="comma-separated subset to run")
+    parser.add_argument("--clip-dir", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    clips = pick_clips()
+    scratch = tempfile.TemporaryDirectory()
+    clip_dir = Path(args.clip_dir or scratch.name) / "clips"
+    clips = pick_clips(args.batch, args.clip_seconds, clip_dir)
     if args.variant:
         if args.variant == "funasr":
             result = run_funasr(args.checkpoint, clips, args.steps)
+            result["load_rss_gb"] = None
         else:
-            result = run_ours(args.checkpoint, clips, args.steps, cached=args.variant == "ours_cached")
+            result = run_ours(
+                args.checkpoint,
+                clips,
+                args.steps,
+                cached=args.variant == "ours_cached",
+                full_logits=args.full_logits,
+                fused=args.fused_adamw,
+                profile=args.profile,
+            )
         result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
         print("RESULT " + json.dumps(result))
         return
@@ -154,23 +206,19 @@ def main() -> None:
         if checkpoint is None:
             from funasr_nano_hf.testing.funasr_checkpoint import write_original_checkpoint
 
-            checkpoint = str(write_original_checkpoint(Path(tmp) / "real", size="real", seed=0))
+            checkpoint = str(write_original_checkpoint(Path(tmp) / args.size, size=args.size, seed=0))
         import soundfile as sf
 
         audio = sum(sf.info(c["wav"]).duration for c in clips)
         results = {}
-        for variant in ("funasr", "ours", "ours_cached"):
+        flags = ["--batch", str(args.batch), "--clip-dir", str(clip_dir.parent)]
+        flags += ["--clip-seconds", str(args.clip_seconds)] if args.clip_seconds is not None else []
+        flags += [f for f, on in (("--full-logits", args.full_logits), ("--fused-adamw", args.fused_adamw)) if on]
+        flags += ["--profile"] if args.profile else []
+        for variant in args.variants.split(","):
             out = subprocess.run(
-                [
-                    sys.executable,
-                    __file__,
-                    "--variant",
-                    variant,
-                    "--checkpoint",
-                    checkpoint,
-                    "--steps",
-                    str(args.steps),
-                ],
+                [sys.executable, __file__, "--variant", variant, "--checkpoint", checkpoint, "--steps", str(args.steps)]
+                + flags,
                 capture_output=True,
                 text=True,
             )
@@ -179,18 +227,35 @@ def main() -> None:
                 raise SystemExit(f"{variant} failed:\n{out.stderr[-3000:]}")
             results[variant] = json.loads(line[7:])
     print(
-        f"real Fun-ASR-Nano-2512 architecture, random weights, fp32, CPU; batch {len(clips)} clips, "
+        f"{args.size} architecture, random weights, fp32, CPU; batch {len(clips)} clips, "
         f"{audio:.1f} s audio; LoRA r={LORA['r']} on {','.join(LORA['target_modules'])}; {args.steps} timed steps"
     )
-    print(f"{'variant':14s} {'s/step':>8s} {'steps/s':>8s} {'audio s/s':>9s} {'peak RSS GB':>11s} {'loss@0':>10s}")
+    print(
+        f"{'variant':14s} {'s/step':>8s} {'steps/s':>8s} {'audio s/s':>9s} {'load RSS GB':>11s} {'step RSS GB':>11s} "
+        f"{'GFLOP':>8s} {'GFLOP/s':>8s} {'% peak':>7s} {'loss@0':>10s}"
+    )
     speed = {}
     for name, r in results.items():
         per_step = sum(r["times"]) / len(r["times"])
         speed[name] = 1 / per_step
+        load = f"{r['load_rss_gb']:11.2f}" if r.get("load_rss_gb") is not None else f"{'-':>11s}"
+        if "gflop" in r:
+            achieved = r["gflop"] / per_step
+            compute = f"{r['gflop']:8.2f} {achieved:8.1f} {100 * achieved / r['peak_gflops']:6.1f}%"
+        else:
+            compute = f"{'-':>8s} {'-':>8s} {'-':>7s}"
         print(
-            f"{name:14s} {per_step:8.2f} {1 / per_step:8.3f} {audio / per_step:9.2f} {r['peak_rss_gb']:11.2f} "
-            f"{r['loss0']:10.5f}"
+            f"{name:14s} {per_step:8.2f} {1 / per_step:8.3f} {audio / per_step:9.2f} {load} {r['peak_rss_gb']:11.2f} "
+            f"{compute} {r['loss0']:10.5f}"
         )
+    peaks = [r["peak_gflops"] for r in results.values() if "peak_gflops" in r]
+    if peaks:
+        print(f"fp32 matmul peak measured in the same run: {max(peaks):.1f} GFLOP/s (2048^3, best of 5)")
+    for name, r in results.items():
+        if "profile" in r:
+            print(f"torch.profiler, one step of {name} (top 10 by self CPU time):\n{r['profile']}")
+    if not {"funasr", "ours", "ours_cached"} <= speed.keys():
+        return
     print(
         f"ratios (steps/s): ours/funasr {speed['ours'] / speed['funasr']:.2f}x, "
         f"ours_cached/funasr {speed['ours_cached'] / speed['funasr']:.2f}x, "

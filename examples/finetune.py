@@ -177,7 +177,7 @@ def _finetune(
     # once, on the training device, each process its own shard
     model = prepare_model_for_finetuning(model, model_args)
     if data_args.cache_frozen_audio:
-        from funasr_nano_hf.training.frozen_cache import add_audio_embeddings_sharded
+        from funasr_nano_hf.training.frozen_cache import add_audio_embeddings_sharded, release_frozen_audio_path
 
         model.to(training_args.device)
         train_set = add_audio_embeddings_sharded(
@@ -187,6 +187,9 @@ def _finetune(
             world_size=training_args.world_size,
             wait_for_all=_patient_barrier(),
         )
+        if valid_set is None and model_args.use_lora:  # nothing runs the audio path again (saves rebuild from files)
+            freed = release_frozen_audio_path(model)
+            logger.info("frozen audio path released after caching: %.1fM parameters freed", freed / 1e6)
 
     # 6. Build the Trainer
     callbacks = _callbacks(finetune_args, out, validating=valid_set is not None)

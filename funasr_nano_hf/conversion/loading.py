@@ -33,6 +33,7 @@ from ..models.configuration_funasr_nano import FunAsrNanoHfConfig
 from ..models.feature_extraction_funasr_nano import FunAsrNanoHfFeatureExtractor
 from ..models.modeling_funasr_nano import FunAsrNanoHfForConditionalGeneration
 from ..models.processing_funasr_nano import FunAsrNanoHfProcessor
+from .meta_init import cast_like_model, parameters_on_meta, require_materialized
 from .original_layout import feature_extractor_kwargs, hf_config_from_original, layout_from_config, original_to_hf
 
 logger = logging.getLogger(__name__)
@@ -374,7 +375,7 @@ def _check_and_fill(model: torch.nn.Module, state: dict[str, torch.Tensor], sour
     missing = sorted(set(expected) - set(state) - tied)
     if missing:
         raise CheckpointError(f"{source}: {len(missing)} tensors missing, e.g. {missing[:5]}")
-    model.load_state_dict(state, strict=False)
+    model.load_state_dict(state, strict=False, assign=True)  # meta parameters take model.pt's tensors (meta_init)
 
 
 @contextlib.contextmanager
@@ -435,10 +436,11 @@ def load_original(
         counts = Counter(key.split(".", 1)[0] for key in extras)
         logger.info("%s: keeping %d tensors the HF model has no place for: %s", folder, len(extras), dict(counts))
 
-    with no_init_weights(), _whole_model_under_zero3():
+    with no_init_weights(), _whole_model_under_zero3(), parameters_on_meta():
         model = FunAsrNanoHfForConditionalGeneration(config)
-    _check_and_fill(model, {k: v.float() if v.is_floating_point() else v for k, v in ours.items()}, folder / "model.pt")
+    _check_and_fill(model, cast_like_model(model, ours), folder / "model.pt")
     model.tie_weights()
+    require_materialized(model, folder / "model.pt")
     model.funasr_extra_state = dict(extras)
     model.generation_config.eos_token_id = [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.pad_token_id]
     model.generation_config.pad_token_id = tokenizer.pad_token_id

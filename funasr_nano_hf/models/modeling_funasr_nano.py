@@ -24,6 +24,7 @@ from transformers import AutoModel, AutoModelForSpeechSeq2Seq
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.fun_asr_nano.modeling_fun_asr_nano import (
+    FunAsrNanoCausalLMOutputWithPast,
     FunAsrNanoForConditionalGeneration,
     FunAsrNanoModel,
     FunAsrNanoModelOutputWithPast,
@@ -188,6 +189,9 @@ class FunAsrNanoHfForConditionalGeneration(FunAsrNanoForConditionalGeneration):
 
     config_class = FunAsrNanoHfConfig
     _keep_in_fp32_modules_strict = list(AUDIO_MODULES)
+    # Training steps with labels compute logits only at labelled positions (`labelled_positions_forward`);
+    # False: full [batch, sequence, vocab] logits as transformers computes them.
+    labelled_logits_only: bool = True
 
     def __init__(self, config: FunAsrNanoHfConfig) -> None:
         # Same body as the parent's __init__, with our inner model (building the parent's first would
@@ -235,6 +239,90 @@ class FunAsrNanoHfForConditionalGeneration(FunAsrNanoForConditionalGeneration):
         if os.path.isfile(extra):
             model.funasr_extra_state = load_file(extra)
         return model
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        input_features: torch.Tensor | None = None,
+        input_features_mask: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Any = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs: Any,
+    ) -> FunAsrNanoCausalLMOutputWithPast:
+        """The parent's forward; in a training step (`labels` given, `self.training`, `labelled_logits_only`,
+        no `logits_to_keep`) `lm_head` and the loss run only at the positions that predict a label
+        (`labelled_positions_forward`), so `logits` is then [labelled positions, vocab]."""
+        if labels is None or not self.training or not self.labelled_logits_only or not _keeps_all(logits_to_keep):
+            return super().forward(
+                input_ids=input_ids,
+                input_features=input_features,
+                input_features_mask=input_features_mask,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=past_key_values,
+                inputs_embeds=inputs_embeds,
+                labels=labels,
+                use_cache=use_cache,
+                logits_to_keep=logits_to_keep,
+                **kwargs,
+            )
+        return self.labelled_positions_forward(
+            labels,
+            input_ids=input_ids,
+            input_features=input_features,
+            input_features_mask=input_features_mask,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+
+    def labelled_positions_forward(self, labels: torch.LongTensor, **kwargs: Any) -> FunAsrNanoCausalLMOutputWithPast:
+        """The LLM's hidden states, then `lm_head` and the parent's `loss_function` only where the shifted label
+        is not IGNORE (-100): the same loss as over full logits (ignored positions add nothing to it nor to any
+        gradient) without the [batch, sequence, vocab] logits — most of a step's `lm_head` cost, as only the
+        transcript tokens carry labels. `logits` holds those rows, batch-first in row-major order."""
+        loss_kwargs = {k: kwargs.pop(k) for k in ("num_items_in_batch", "ignore_index") if k in kwargs}
+        return_dict = kwargs.pop("return_dict", None)
+        outputs = self.model(**kwargs, return_dict=True)
+        hidden = outputs.last_hidden_state
+        if labels.shape != hidden.shape[:2]:
+            raise ValueError(
+                f"labels has shape {tuple(labels.shape)}, the sequence {tuple(hidden.shape[:2])}: labels must be "
+                "[batch, sequence] aligned with input_ids (-100 where no token is predicted)"
+            )
+        ignore_index = loss_kwargs.get("ignore_index", -100)
+        shifted = nn.functional.pad(labels, (0, 1), value=ignore_index)[..., 1:].to(hidden.device)
+        keep = shifted != ignore_index
+        logits = self.lm_head(hidden[keep])
+        loss = self.loss_function(
+            logits=logits,
+            labels=None,
+            shift_labels=shifted[keep],
+            vocab_size=self.config.text_config.vocab_size,
+            **loss_kwargs,
+        )
+        result = FunAsrNanoCausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            audio_hidden_states=outputs.audio_hidden_states,
+        )
+        return result.to_tuple() if return_dict is False else result
+
+
+def _keeps_all(logits_to_keep: int | torch.Tensor) -> bool:
+    """Whether `logits_to_keep` (transformers' convention) asks for every position's logits."""
+    return isinstance(logits_to_keep, int) and logits_to_keep == 0
 
 
 def _original_folder(name: str | os.PathLike, revision: str | None) -> str | None:

@@ -99,3 +99,39 @@ def add_audio_embeddings_sharded(
     wait_for_all()
     parts = [own if i == rank else add_audio_embeddings(shard, model, batch_size) for i, shard in enumerate(shards)]
     return datasets.concatenate_datasets(parts)
+
+
+class ReleasedAudioModule(nn.Module):
+    """Stands where a frozen audio module was once its outputs are cached: no weights, and a clear error instead
+    of a forward pass (the training process then holds only the LLM side)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+        # empty, frozen: code that asks the module for its dtype/device (get_audio_features) still gets an answer
+        self.placeholder = nn.Parameter(torch.empty(0), requires_grad=False)
+
+    def forward(self, *args: object, **kwargs: object) -> None:
+        raise RuntimeError(
+            f"the frozen {self.name} was released after caching its outputs (release_frozen_audio_path): feed "
+            "audio_embeds (add_audio_embeddings), or reload the model from its folder to run the audio path"
+        )
+
+
+def release_frozen_audio_path(model: nn.Module) -> int:
+    """Replace the frozen audio encoder and adaptor of `model` (a `PeftModel` or the bare model) by
+    `ReleasedAudioModule` stubs and return the number of parameters freed. Only for a process that needs the
+    audio path no more: training on `add_audio_embeddings` output, without evaluation or generation from audio,
+    saving an adapter (merges and FunASR exports rebuild the model from its folder). A trained audio module is
+    refused (its weights are part of what the run saves)."""
+    trained = trained_audio_modules(model)
+    if trained:
+        raise ValueError(f"cannot release a trained audio module: {', '.join(trained)}")
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    freed = 0
+    for name in AUDIO_PATH:
+        module = getattr(base.model, name)
+        freed += sum(p.numel() for p in module.parameters())
+        stub = ReleasedAudioModule(name)
+        setattr(base.model, name, stub.to(next(module.parameters()).device))
+    return freed

@@ -85,3 +85,34 @@ def test_sharded_cache_equals_the_whole_and_reads_the_other_shards_from_the_cach
     finally:
         hook.remove()
     assert waited == [0, 1]
+
+
+def test_released_audio_path_trains_the_same_on_cached_embeddings(tiny_original_dir, lora_model_and_data, tmp_path):
+    """Freeing the frozen encoder + adaptor after caching: same loss and gradients on the cached data, a clear error
+    (not a crash deep in torch) if audio features reach it, and the adapter still saves."""
+    from funasr_nano_hf.training.frozen_cache import ReleasedAudioModule, release_frozen_audio_path
+
+    reference, processor, dataset = lora_model_and_data
+    cached = add_audio_embeddings(dataset, reference)
+    model, _ = load_pretrained(tiny_original_dir)
+    model = prepare_model_for_finetuning(model, ModelArguments(model_dir=str(tiny_original_dir), lora_dropout=0.0))
+    model.load_state_dict(reference.state_dict())
+    before = sum(p.numel() for p in model.parameters())
+    freed = release_frozen_audio_path(model)
+    assert freed > 0 and sum(p.numel() for p in model.parameters()) == before - freed
+    assert isinstance(model.get_base_model().model.audio_tower, ReleasedAudioModule)
+    collate = FunAsrNanoCollator(pad_token_id=processor.tokenizer.pad_token_id)
+    results = []
+    for candidate in (reference, model):
+        candidate.train()
+        candidate.zero_grad()
+        loss = candidate(**collate(list(cached))).loss
+        loss.backward()
+        results.append((loss.item(), {n: p.grad for n, p in candidate.named_parameters() if p.requires_grad}))
+    assert results[0][0] == pytest.approx(results[1][0], abs=1e-6)
+    for name, grad in results[0][1].items():
+        torch.testing.assert_close(results[1][1][name], grad, rtol=1e-5, atol=1e-7)
+    with pytest.raises(RuntimeError, match="released after caching"):
+        model(**collate(list(dataset)))
+    model.save_pretrained(str(tmp_path / "adapter"))
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()

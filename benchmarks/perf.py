@@ -1,0 +1,108 @@
+"""Shared measuring tools of the benchmarks: a matmul peak measured in the run, the FLOPs of a LoRA step counted
+from the model's shapes and the batch, peak RSS, and clips of a chosen length made from the shared TTS data.
+
+FLOP count (multiply-add = 2 FLOPs; every nn.Linear of a module at the rows it sees, plus attention's two
+[T x T] products per layer). A LoRA step: the frozen audio path forward only (no weight is trained, its input
+needs no gradient; nothing when cached), the LLM forward + the input-gradient backward (2x forward; frozen
+weights get no weight gradient; LoRA's own matmuls are included in the Linear count), `lm_head` at the
+positions it runs on (labelled positions since the labelled-logits change; every position before), fwd + bwd.
+"""
+
+from __future__ import annotations
+
+import csv
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+from torch import nn
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "tts"
+RATE = 16000
+
+
+def peak_rss_gb() -> float:
+    """This process's peak resident set so far (Linux ru_maxrss is in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    """The best of `repeats` [n x n] @ [n x n] products, in GFLOP/s, with this process's torch threads."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - started)
+    return 2 * n**3 / best / 1e9
+
+
+def _linear_macs_per_row(module: nn.Module) -> int:
+    return sum(m.in_features * m.out_features for m in module.modules() if isinstance(m, nn.Linear))
+
+
+def lora_step_flops(model: nn.Module, batch: dict[str, torch.Tensor], cached: bool, labelled_logits: bool) -> float:
+    """The FLOPs of one LoRA training step on `batch` (see the module docstring for what is counted)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = base.model
+    input_ids = batch["input_ids"]
+    rows, tokens = input_ids.shape
+    flops = 0.0
+    if not cached:
+        frames = batch["input_features"].shape[0] * batch["input_features"].shape[1]
+        encoder, adaptor = inner.audio_tower, inner.multi_modal_projector
+        flops += 2 * frames * (_linear_macs_per_row(encoder) + _linear_macs_per_row(adaptor))
+        length = batch["input_features"].shape[1]
+        enc_cfg = base.config.audio_config
+        width = getattr(enc_cfg, "hidden_size", None) or getattr(enc_cfg, "output_size", 0)
+        layers = enc_cfg.num_hidden_layers
+        flops += 4 * rows * length**2 * width * layers
+    llm = inner.language_model
+    text = base.config.text_config
+    attention = 4 * rows * tokens**2 * text.num_attention_heads * text.head_dim * text.num_hidden_layers
+    flops += 2 * (2 * rows * tokens * _linear_macs_per_row(llm) + attention)
+    labels = batch["labels"]
+    positions = int((labels[:, 1:] != -100).sum()) if labelled_logits else rows * tokens
+    flops += 2 * 2 * positions * base.lm_head.in_features * base.lm_head.out_features
+    return flops
+
+
+def shared_clips() -> list[dict]:
+    """The shared TTS train clips (key, wav path, transcript, duration), in file order."""
+    rows = list(csv.DictReader(open(SHARED / "train_meta.tsv", encoding="utf-8"), delimiter="\t"))
+    return [
+        {"key": r["key"], "wav": str(SHARED / "wav" / "train" / f"{r['key']}.wav"), "txt": r["txt"],
+         "duration": float(r["duration_s"])}
+        for r in rows
+    ]  # fmt: skip
+
+
+def clip_of_length(seconds: float, start: int, pool: list[dict]) -> tuple[np.ndarray, str]:
+    """A clip of ~`seconds` made by joining shared clips (from index `start`) with their transcripts, cut to length
+    (the transcript then covers slightly more than the audio: fine for timing, not for accuracy)."""
+    pieces, texts, total, index = [], [], 0, start
+    while total < seconds * RATE:
+        clip = pool[index % len(pool)]
+        wave, _ = sf.read(clip["wav"], dtype="float32")
+        pieces.append(wave)
+        texts.append(clip["txt"])
+        total += len(wave)
+        index += 1
+    return np.concatenate(pieces)[: int(seconds * RATE)], "".join(texts)
+
+
+def write_clips(folder: Path, seconds: list[float]) -> list[dict]:
+    """Clips of the given lengths as wav files in `folder`, as manifest rows (key, wav, txt)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    pool = shared_clips()
+    rows = []
+    for i, length in enumerate(seconds):
+        wave, text = clip_of_length(length, 7 * i, pool)
+        path = folder / f"clip{i:03d}_{length:.1f}s.wav"
+        sf.write(str(path), wave, RATE)
+        rows.append({"key": path.stem, "wav": str(path), "txt": text})
+    return rows
