@@ -89,7 +89,9 @@ def _transcribe(args: argparse.Namespace) -> int:
     good, waveforms = [], []
     for index, (_, path, _) in enumerate(items):
         try:
-            waveform = load_audio(path)[0]
+            waveform, info = load_audio(path)
+            for warning in info.warnings:  # the quality checks' warnings (near-silence, clipping), named
+                print(f"warning: {path}: {warning}", file=sys.stderr)
             segment_clips(processor, model.config, [waveform], segmentation, [path])  # refuses over-long clips
         except (ValueError, OSError) as err:  # AudioError is a ValueError; the message names the file
             rows[index].update(audio=path, error=str(err))

@@ -74,6 +74,9 @@ def load_for_inference(
     if adapter:
         from peft import PeftModel
 
+        from ..conversion.loading import check_adapter
+
+        check_adapter(adapter)  # safetensors preferred; .bin only with weights_only; hostile ones refused, named
         model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
         if llm_dtype is not None:
             cast_llm(model, llm_dtype)

@@ -171,7 +171,8 @@ def test_long_file_gets_segment_timestamps_and_no_segment_refuses(tiny_original_
 
     model, processor = load_pretrained(tiny_original_dir)
     limit = max_samples(model.config, processor.feature_extractor)
-    sf.write(tmp_path / "too_long.wav", np.zeros(limit + 16000, np.float32), 16000)
+    noise = np.random.default_rng(0).normal(0, 0.05, limit + 16000).astype(np.float32)  # not silence: audible
+    sf.write(tmp_path / "too_long.wav", noise, 16000)
     assert cli_main([*argv, "--no-segment", str(tmp_path / "too_long.wav")]) == 1
     (row,) = _rows(out)
     assert "too_long.wav" in row["error"] and "limit" in row["error"] and "text" not in row

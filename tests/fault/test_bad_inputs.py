@@ -28,7 +28,7 @@ from funasr_nano_hf.data.audio import load_audio
 from funasr_nano_hf.data.checks import check_manifests
 from funasr_nano_hf.data.featurize import DataConfig, build_dataset
 from funasr_nano_hf.data.readers import read_manifest
-from funasr_nano_hf.errors import AudioError, DataError
+from funasr_nano_hf.errors import DataError
 
 BUNDLED_MODEL = REPO / "examples" / "bundled" / "model"
 
@@ -273,18 +273,21 @@ def test_transcribe(matrix_dir, kind, bundled_processor, tmp_path, capsys):
     out = tmp_path / "out.jsonl"
     argv = ["transcribe", manifest, "--model", str(BUNDLED_MODEL), "--max-new-tokens", "3", "--output", str(out)]
     outcome, reason = kind.transcribe
-    if outcome == "stops":
-        with pytest.raises(AudioError, match=reason) as err:
-            cli_main(argv)
-        assert f"{kind.name}.wav" in str(err.value) or "nowhere.wav" in str(err.value)
-        return
-    assert cli_main(argv) == 0
+    status = cli_main(argv)
     rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     stderr = capsys.readouterr().err
-    if outcome == "reported":
+    if outcome == "stops":  # the bad file: an error row naming it (and stderr); the good one transcribed; exit 1
+        assert status == 1
+        (bad,) = [row for row in rows if "error" in row]
+        assert reason in bad["error"] and (f"{kind.name}.wav" in bad["error"] or "nowhere.wav" in bad["error"])
+        assert reason in stderr
+        assert [row for row in rows if "text" in row] and len(rows) == 2
+    elif outcome == "reported":  # a manifest problem: named with file:line on stderr, the good line transcribed
+        assert status == 1
         assert f"{manifest}:{kind.line}" in stderr and reason in stderr
-        assert len(rows) == 1  # the good line, transcribed
+        assert len(rows) == 1 and "text" in rows[0]
     else:
+        assert status == 0
         assert len(rows) == 2
 
 
