@@ -36,6 +36,8 @@ from pathlib import Path
 
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from .secrets import redact_argv
+
 logger = logging.getLogger(__name__)
 
 LOCK_NAME = ".run.lock"
@@ -132,7 +134,7 @@ def _new_lock(path: Path) -> RunLock:
         run_id=uuid.uuid4().hex[:12],
         started=time.strftime("%Y-%m-%d %H:%M:%S"),
         process_start=_process_start(pid),
-        command=" ".join(sys.argv),
+        command=" ".join(redact_argv(sys.argv)),  # no credential in the lock file or the log
         path=str(path),
     )
 

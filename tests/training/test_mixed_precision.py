@@ -31,7 +31,7 @@ from funasr_nano_hf.training.trainer import FunAsrNanoTrainer
 def train_set(tiny_original_dir, data_dir, tmp_path_factory):
     _, processor = load_pretrained(tiny_original_dir)
     config = DataConfig(cache_dir=str(tmp_path_factory.mktemp("cache")))
-    dataset, _ = build_dataset([str(data_dir / "train.jsonl")], processor, config)
+    dataset, _ = build_dataset([str(data_dir / "train.jsonl")], processor, config, precompute_features=True)
     return dataset.select(range(8)), processor
 
 
