@@ -145,14 +145,15 @@ def _finetune(
         save_resolved_config(out / "config.yaml", model_args, data_args, finetune_args, training_args)
 
     # 4. Load the data: lengths and token ids cached; training features computed on the fly in the loader workers
-    #    (with FunASR's dither, seeded per example), or precomputed (--precompute_features, --cache_frozen_audio);
+    #    (with FunASR's dither, optional SpecAugment / speed perturbation, seeded per example), or precomputed
+    #    (--precompute_features, --cache_frozen_audio);
     #    evaluation features precomputed, clean
     data_config = DataConfig.from_args(data_args)
     precompute = data_args.precompute_features or data_args.cache_frozen_audio
     if data_args.cache_frozen_audio and not data_args.precompute_features:
         logger.info("--cache_frozen_audio: training features precomputed (the frozen-path cache is built on them)")
     seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
-    augmentation = Augmentation(dither=data_args.dither, seed=seed)
+    augmentation = data_config.augmentation(seed)  # dither, --specaug, --speed_perturb: training features only
     if augmentation.active and not precompute and training_args.dataloader_persistent_workers:
         logger.warning(
             "--persistent_workers: loader workers keep the epoch they started with, so dither draws repeat every "
