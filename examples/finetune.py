@@ -154,6 +154,9 @@ def _finetune(
         logger.info("--cache_frozen_audio: training features precomputed (the frozen-path cache is built on them)")
     seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
     augmentation = data_config.augmentation(seed)  # dither, --specaug, --speed_perturb: training features only
+    if precompute and (augmentation.specaug is not None or augmentation.speed_perturb is not None):
+        raise SystemExit("finetune.py: error: --specaug / --speed_perturb augment features computed on the fly: drop "
+                         "--precompute_features and --cache_frozen_audio (cached features are clean)")  # fmt: skip
     if augmentation.active and not precompute and training_args.dataloader_persistent_workers:
         logger.warning(
             "--persistent_workers: loader workers keep the epoch they started with, so dither draws repeat every "

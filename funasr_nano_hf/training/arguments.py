@@ -144,7 +144,10 @@ class DataArguments:
 
     def __post_init__(self):
         if self.specaug_conf is not None or self.speed_perturb is not None:
-            DataConfig.from_args(self)  # a bad --specaug_conf / --speed_perturb: named now, not in a loader worker
+            try:  # a bad --specaug_conf / --speed_perturb: named now, not in a loader worker
+                DataConfig.from_args(self)
+            except ValueError as err:
+                raise OptionError(f"--{err}") from None
         if self.max_tokens is not None:
             raise ValueError(
                 f"--max_tokens {self.max_tokens}: removed. As in FunASR, --batch_size is the padded budget under "

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import finetune_cmd, run, tts_subset
 from torch.utils.data import DataLoader
 
 from funasr_nano_hf.data.augmentation import (
@@ -210,3 +211,24 @@ def test_streaming_rebuilds_the_ids_of_perturbed_clips(tiny_model, manifest):
         frames = len(example["input_features"])
         assert frames == lfr_frames(int(np.ceil(example["num_samples"] / 0.9)), processor.feature_extractor)
         assert example["input_ids"].count(audio_id) == audio_token_count(frames, processor.audio_token_rule)
+
+
+@pytest.mark.slow  # three finetune.py runs (~40 s)
+def test_finetune_trains_with_specaug_and_speed_perturbation(tiny_original_dir, shared_dir, tmp_path):
+    """The options reach the run (steps on augmented training features, clean validation); bad ones are named
+    before anything loads; with precomputed features they are refused."""
+    data = tts_subset(shared_dir, tmp_path / "data", train=4, valid=2)
+    options = (
+        "--per_device_train_batch_size 2 --per_device_eval_batch_size 2 --max_steps 2 --eval_max_new_tokens 2 "
+        "--use_cpu --seed 7 --num_workers 0 --log_interval 1 --specaug true --speed_perturb 0.9,1.1"
+    ).split()
+    out = tmp_path / "out"
+    run(finetune_cmd(tiny_original_dir, data, out, *options, "--specaug_conf", '{"num_time_mask": 2}'))
+    resolved = (out / "config.yaml").read_text(encoding="utf-8")
+    assert "speed_perturb: 0.9,1.1" in resolved and "num_time_mask" in resolved
+    assert (out / "final").is_dir()
+    bad = run(finetune_cmd(tiny_original_dir, data, tmp_path / "bad", *options, "--specaug_conf", "{"), returncode=1)
+    assert "--specaug_conf: not a JSON object" in bad
+    cached = run(finetune_cmd(tiny_original_dir, data, tmp_path / "c", *options, "--precompute_features", "true"),
+                 returncode=1)  # fmt: skip
+    assert "--specaug / --speed_perturb augment features computed on the fly" in cached
