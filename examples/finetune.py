@@ -159,8 +159,9 @@ def _finetune(
                          "--precompute_features and --cache_frozen_audio (cached features are clean)")  # fmt: skip
     if augmentation.active and not precompute and training_args.dataloader_persistent_workers:
         logger.warning(
-            "--persistent_workers: loader workers keep the epoch they started with, so dither draws repeat every "
-            "epoch (still reproducible); drop --dataloader_persistent_workers for fresh draws per epoch"
+            "--persistent_workers: loader workers keep the epoch they started with, so augmentation draws (dither, "
+            "SpecAugment, speed) repeat every epoch (still reproducible); drop --dataloader_persistent_workers for "
+            "fresh draws per epoch"
         )
     with training_args.main_process_first(desc="preparing data"):
         if data_args.streaming:
