@@ -151,6 +151,8 @@ class DataConfig:
         if isinstance(self.dither, bool) or not isinstance(self.dither, (int, float)) or self.dither < 0:
             raise ValueError(f"dither must be a number >= 0, got {self.dither!r}")
         SpecAugConfig.parse(self.specaug_conf)  # errors now, naming the field, not in a loader worker
+        if self.specaug_conf and not self.specaug:
+            raise ValueError("specaug_conf is set but specaug is off (nothing would use it): add --specaug true")
         parse_speed_perturb(self.speed_perturb)
         if self.batch_type not in BATCH_TYPES:
             raise ValueError(f"batch_type must be one of {list(BATCH_TYPES)}, got {self.batch_type!r}")

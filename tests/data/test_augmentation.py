@@ -121,6 +121,8 @@ def test_bad_specaug_and_speed_options_are_named():
     assert parse_speed_perturb("[0.9, 1.0, 1.1]") == (0.9, 1.0, 1.1) and parse_speed_perturb(None) is None
     with pytest.raises(ValueError, match="speed_perturb"):
         DataConfig(speed_perturb="fast")
+    with pytest.raises(ValueError, match="specaug is off .* add --specaug true"):
+        DataConfig(specaug_conf='{"num_time_mask": 2}')
 
 
 def test_speed_perturbation_changes_the_length_by_the_factor():
