@@ -145,18 +145,23 @@ def _finetune(
         save_resolved_config(out / "config.yaml", model_args, data_args, finetune_args, training_args)
 
     # 4. Load the data: lengths and token ids cached; training features computed on the fly in the loader workers
-    #    (with FunASR's dither, seeded per example), or precomputed (--precompute_features, --cache_frozen_audio);
+    #    (with FunASR's dither, optional SpecAugment / speed perturbation, seeded per example), or precomputed
+    #    (--precompute_features, --cache_frozen_audio);
     #    evaluation features precomputed, clean
     data_config = DataConfig.from_args(data_args)
     precompute = data_args.precompute_features or data_args.cache_frozen_audio
     if data_args.cache_frozen_audio and not data_args.precompute_features:
         logger.info("--cache_frozen_audio: training features precomputed (the frozen-path cache is built on them)")
     seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
-    augmentation = Augmentation(dither=data_args.dither, seed=seed)
+    augmentation = data_config.augmentation(seed)  # dither, --specaug, --speed_perturb: training features only
+    if precompute and (augmentation.specaug is not None or augmentation.speed_perturb is not None):
+        raise SystemExit("finetune.py: error: --specaug / --speed_perturb augment features computed on the fly: drop "
+                         "--precompute_features and --cache_frozen_audio (cached features are clean)")  # fmt: skip
     if augmentation.active and not precompute and training_args.dataloader_persistent_workers:
         logger.warning(
-            "--persistent_workers: loader workers keep the epoch they started with, so dither draws repeat every "
-            "epoch (still reproducible); drop --dataloader_persistent_workers for fresh draws per epoch"
+            "--persistent_workers: loader workers keep the epoch they started with, so augmentation draws (dither, "
+            "SpecAugment, speed) repeat every epoch (still reproducible); drop --dataloader_persistent_workers for "
+            "fresh draws per epoch"
         )
     with training_args.main_process_first(desc="preparing data"):
         if data_args.streaming:

@@ -39,7 +39,16 @@ import torch
 
 from ..errors import AudioError, DataError
 from .audio import audio_header, fbank_frames, kaldi_frames, load_audio
-from .augmentation import Augmentation, example_seed, seeded
+from .augmentation import (
+    SPECAUG_STREAM,
+    Augmentation,
+    SpecAugConfig,
+    example_seed,
+    parse_speed_perturb,
+    perturb_speed,
+    seeded,
+    spec_augment,
+)
 from .collator import BAD_FIELD
 from .quality import check_transcript, drop_label, special_tokens_of
 from .readers import Problem, read_manifests
@@ -109,6 +118,28 @@ class DataConfig:
             "the default 1.0); on-the-fly features only, seeded per (seed, epoch, example); evaluation is clean"
         },
     )
+    specaug: bool = field(
+        default=False,
+        metadata={
+            "help": "SpecAugment of training features, FunASR's SpecAugLFR (FunASR's Nano recipe has none); "
+            "on-the-fly features only, seeded per (seed, epoch, example); evaluation is clean"
+        },
+    )
+    specaug_conf: str | None = field(
+        default=None,
+        metadata={
+            "help": "with --specaug true: FunASR's specaug_conf as JSON, e.g. '{\"num_time_mask\": 2, "
+            "\"time_mask_width_range\": [0, 40]}'; unset: FunASR's SpecAugLFR recipe values (1 freq mask [0,30) "
+            "x lfr_rate 6, 1 time mask [0,12), no time warp)"
+        },
+    )
+    speed_perturb: str | None = field(
+        default=None,
+        metadata={
+            "help": "speed factors drawn per training example and epoch, e.g. 0.9,1.0,1.1 (FunASR's speed_perturb; "
+            "its Nano recipe has none); on-the-fly features only; batching keeps the unperturbed lengths"
+        },
+    )
     cache_dir: str | None = None  # None: funasr_nano_hf/ in the datasets cache
 
     # Fields whose fine-tuning option has another name (next to TrainingArguments' own worker counts).
@@ -119,12 +150,25 @@ class DataConfig:
             raise ValueError(f"on_bad_data must be 'stop' or 'skip', got {self.on_bad_data!r}")
         if isinstance(self.dither, bool) or not isinstance(self.dither, (int, float)) or self.dither < 0:
             raise ValueError(f"dither must be a number >= 0, got {self.dither!r}")
+        SpecAugConfig.parse(self.specaug_conf)  # errors now, naming the field, not in a loader worker
+        if self.specaug_conf and not self.specaug:
+            raise ValueError("specaug_conf is set but specaug is off (nothing would use it): add --specaug true")
+        parse_speed_perturb(self.speed_perturb)
         if self.batch_type not in BATCH_TYPES:
             raise ValueError(f"batch_type must be one of {list(BATCH_TYPES)}, got {self.batch_type!r}")
         for name in ("max_source_length", "max_target_length", "min_source_length", "max_token_length"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
                 raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+
+    def augmentation(self, seed: int) -> Augmentation:
+        """What training features get (dither, SpecAugment, speed perturbation), seeded by the run's `seed`."""
+        return Augmentation(
+            dither=self.dither,
+            seed=seed,
+            specaug=SpecAugConfig.parse(self.specaug_conf) if self.specaug else None,
+            speed_perturb=parse_speed_perturb(self.speed_perturb),
+        )
 
     @property
     def token_limit(self) -> int:
@@ -249,7 +293,8 @@ def example_features(
 ) -> np.ndarray:
     """The one featurisation of a training example, precomputed or on the fly: read (the quality checks of
     `load_audio`: errors raise, warnings such as clipping go to `warnings`), check the audio against the
-    header-derived length the example's ids were built for, fbank + LFR (dithered under `augmentation`)."""
+    header-derived length the example's ids were built for, then under `augmentation` (training): speed
+    perturbation, fbank + LFR dithered, SpecAugment (`perturbed_ids` gives the ids a perturbed clip needs)."""
     waveform, info = load_audio(audio, target_sr=extractor.sampling_rate, data=data)
     if warnings is not None:
         warnings.extend(info.warnings)
@@ -259,12 +304,27 @@ def example_features(
             f"header promises {num_samples} samples at {extractor.sampling_rate} Hz, the audio decodes to "
             f"{len(waveform)} (truncated or corrupt file): re-encode it or drop it from the manifest",
         )
-    if augmentation is not None and augmentation.active:
-        with seeded(example_seed(augmentation.seed, epoch, index)):
-            features = extractor([waveform], sampling_rate=extractor.sampling_rate, return_tensors="np")
-    else:
+    if augmentation is None or not augmentation.active:
         features = extractor([waveform], sampling_rate=extractor.sampling_rate, return_tensors="np")
-    return np.asarray(features["input_features"][0], dtype=np.float32)
+        return np.asarray(features["input_features"][0], dtype=np.float32)
+    waveform = perturb_speed(waveform, augmentation.speed(epoch, index), extractor.sampling_rate)
+    with seeded(example_seed(augmentation.seed, epoch, index)):
+        features = extractor([waveform], sampling_rate=extractor.sampling_rate, return_tensors="np")
+    features = np.asarray(features["input_features"][0], dtype=np.float32)
+    if augmentation.specaug is not None:
+        features = spec_augment(features, augmentation.specaug, augmentation.rng(epoch, index, SPECAUG_STREAM))
+    return features
+
+
+def perturbed_ids(
+    processor: Any, augmentation: Augmentation | None, epoch: int, index: int, example: dict[str, Any], frames: int
+) -> dict[str, Any]:
+    """The prompt/label ids of a speed-perturbed example, rebuilt for its `frames` LFR frames (its audio-token
+    count changes with its length); {} when its speed is 1 this epoch (the cached ids stand). Batching keeps the
+    unperturbed lengths, as FunASR's sampler does (it batches on the manifest's lengths)."""
+    if augmentation is None or not augmentation.changes_ids or augmentation.speed(epoch, index) == 1.0:
+        return {}
+    return processor.build_training_ids(frames, example["text"], example["instruction"])
 
 
 def _features_batch(batch: dict[str, list], processor: Any, worker: bool = False) -> dict[str, list]:
@@ -293,6 +353,7 @@ class FeatureTransform:
     row (`BAD_FIELD`), which the collator drops and the trainer counts."""
 
     def __init__(self, processor: Any, on_bad_data: str, augmentation: Augmentation | None = None):
+        self.processor = processor
         self.extractor = processor.feature_extractor
         self.augmentation = augmentation
         self.noisy = augmentation.extractor(self.extractor) if augmentation is not None else self.extractor
@@ -308,8 +369,9 @@ class FeatureTransform:
         extractor = self.noisy
         empty = np.zeros((0, extractor.feature_size * extractor.num_frames_lfr), dtype=np.float32)
         features, bad = [], []
-        for audio, data, num_samples, index, source, key in zip(
-            batch["audio"], _bytes(batch), batch["num_samples"], batch["index"], batch["source"], batch["key"]
+        ids = {name: list(batch[name]) for name in ("input_ids", "labels", "prompt_length") if name in batch}
+        for row, (audio, data, num_samples, index, source, key) in enumerate(
+            zip(batch["audio"], _bytes(batch), batch["num_samples"], batch["index"], batch["source"], batch["key"])
         ):
             warnings: list[str] = []
             try:
@@ -318,6 +380,11 @@ class FeatureTransform:
                         audio, num_samples, extractor, self.augmentation, self.epoch, index, data, warnings
                     )
                 )
+                example = {"text": batch["text"][row], "instruction": batch["instruction"][row]}
+                frames = len(features[-1])
+                rebuilt = perturbed_ids(self.processor, self.augmentation, self.epoch, index, example, frames)
+                for name, value in rebuilt.items():  # a speed-perturbed clip's ids, for its new length
+                    ids[name][row] = value
                 bad.append("")
                 if warnings:  # named when met (check-data counts them up front)
                     logger.warning("%s: example %r: %s", source, key, "; ".join(warnings))
@@ -329,7 +396,7 @@ class FeatureTransform:
                     ) from err
                 features.append(empty)
                 bad.append(f"{source}: {err}")
-        return {**batch, "input_features": features, BAD_FIELD: bad}
+        return {**batch, **ids, "input_features": features, BAD_FIELD: bad}
 
 
 def set_epoch(dataset: Any, epoch: int) -> None:
@@ -510,7 +577,12 @@ def featurize(
     precompute_features = config.precompute_features if precompute_features is None else precompute_features
     prepared, report = prepare(dataset, processor, config, report)
     if precompute_features:
-        if augmentation is not None and augmentation.active:
+        if augmentation is not None and (augmentation.specaug is not None or augmentation.speed_perturb is not None):
+            raise DataError(
+                "--specaug / --speed_perturb augment features computed on the fly: drop --precompute_features and "
+                "--cache_frozen_audio (precomputed features are cached clean), or drop the augmentation"
+            )
+        if augmentation is not None and augmentation.dither > 0:
             logger.warning(
                 "precomputed features are cached clean: dither %s is not applied (on-the-fly features apply it)",
                 augmentation.dither,

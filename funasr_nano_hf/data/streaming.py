@@ -36,7 +36,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from ..errors import AudioError, DataError
 from .augmentation import Augmentation
 from .collator import BAD_FIELD
-from .featurize import DataConfig, _prepare_batch, drop_reason, example_features, text_length
+from .featurize import DataConfig, _prepare_batch, drop_reason, example_features, perturbed_ids, text_length
 from .readers import Problem, _record_from_row, detect_format
 from .samplers import cut_by_budget
 
@@ -198,7 +198,8 @@ class StreamingBatches(IterableDataset):
             if self.config.on_bad_data == "stop":
                 raise DataError(f"{example['source']}: example {example['key']!r}: {err}") from err
             return {**example, "input_features": np.zeros((0, 0), np.float32), BAD_FIELD: f"{example['source']}: {err}"}
-        return {**example, "input_features": features, BAD_FIELD: ""}
+        ids = perturbed_ids(self.processor, self.augmentation, epoch, example["index"], example, len(features))
+        return {**example, **ids, "input_features": features, BAD_FIELD: ""}
 
 
 __all__ = ["StreamingBatches"]

@@ -130,6 +130,9 @@ class DataArguments:
         },
     )
     dither: float = _data_config_field("dither")
+    specaug: bool = _data_config_field("specaug")
+    specaug_conf: str | None = _data_config_field("specaug_conf")
+    speed_perturb: str | None = _data_config_field("speed_perturb")
     cache_frozen_audio: bool = field(
         default=False,
         metadata={
@@ -140,6 +143,11 @@ class DataArguments:
     max_eval_samples: int | None = field(default=None)
 
     def __post_init__(self):
+        if self.specaug_conf is not None or self.speed_perturb is not None:
+            try:  # a bad --specaug_conf / --speed_perturb: named now, not in a loader worker
+                DataConfig.from_args(self)
+            except ValueError as err:
+                raise OptionError(f"--{err}") from None
         if self.max_tokens is not None:
             raise ValueError(
                 f"--max_tokens {self.max_tokens}: removed. As in FunASR, --batch_size is the padded budget under "

@@ -208,7 +208,16 @@ FUNASR_KEYS: dict[str, Mapped | Refused | ModelKey] = {
     "dataset_conf.prompt_classes": Refused("the prompt is the manifest's instruction (models/prompting.py)"),
     "dataset_conf.prompt_conf": Refused("the prompt is the manifest's instruction (models/prompting.py)"),
     "dataset_conf.sys_prompt": Refused("the system prompt is FunASR's default (models/prompting.py)"),
-    "dataset_conf.preprocessor_speech": Refused("no speech preprocessing (FunASR's Nano dataset never applies it)"),
+    "dataset_conf.preprocessor_speech": Refused(
+        "FunASR's Nano dataset never applies it; speed perturbation here: --speed_perturb 0.9,1.0,1.1"
+    ),
+    # FunASRNano has no specaug: FunASR ignores these keys (a config.yaml's are ignored here too); on the command
+    # line they would do nothing in FunASR, so they are refused with the option that does it here.
+    **dict.fromkeys(
+        ("specaug", "specaug_conf"),
+        ModelKey("FunASR's FunASRNano applies no SpecAugment (it ignores specaug keys); SpecAugment here: "
+                 "--specaug true --specaug_conf '{...SpecAugLFR fields...}'"),  # fmt: skip
+    ),
     "dataset_conf.preprocessor_text": Refused("no text preprocessing"),
     "dataset_conf.preprocessor_noise": Refused("no noise augmentation", accepted=(None,)),
     "dataset_conf.multiturn_num_max": Refused("single-turn ASR only"),
@@ -263,8 +272,6 @@ FUNASR_KEYS: dict[str, Mapped | Refused | ModelKey] = {
             "ctc_decoder_conf",
             "ctc_conf",
             "ctc_weight",
-            "specaug",
-            "specaug_conf",
             "normalize",
             "normalize_conf",
             "input_size",
