@@ -7,11 +7,13 @@ the texts joined. This module runs that same VAD - ``funasr.AutoModel(model=<fol
 `Segment` list. It is the ONLY product module that imports ``funasr``, lazily, and only when a VAD folder is
 given: FunASR is the optional extra ``pip install funasr-nano-hf[funasr]``.
 
-What is ours: the interval -> sample conversion (clamped to the clip), FunASR's ``max_single_segment_time`` set
-to the span (less one frame, as FunASR ends a segment one frame past it) so FunASR itself cuts long speech, and - as a guarantee, since nothing over the encoder's position
-table may reach the model - any interval still over the span cut at its quietest 10 ms block like the energy
-path does. FunASR's process-wide side effects (stdout prints, root logging, the global RNG seeds, torch's
-thread count) are contained so transcribe's JSONL on stdout and the caller's state stay untouched.
+What is ours: the interval -> sample conversion (clamped to the clip); FunASR's ``max_single_segment_time``
+set to the span less one frame (FunASR ends a segment one frame past it), so FunASR itself cuts long speech;
+and, as a guarantee (nothing over the encoder's position table may reach the model), any interval still over
+the span cut at its quietest 10 ms block as the energy path does. FunASR's process-wide side effects (stdout
+prints, root logging, the global RNG seeds, torch's thread count) are contained, so transcribe's JSONL on
+stdout and the caller's state stay untouched. Clips that fit the span are decoded whole, as with the energy
+path (FunASR would run its VAD on them too).
 """
 
 from __future__ import annotations
