@@ -100,6 +100,27 @@ def test_speech_over_the_span_is_cut_inside_funasr_intervals(vad_dir, recording)
     assert remaining == []
 
 
+def test_pipeline_takes_the_vad_through_its_segmentation(vad_dir, recording, tiny_model):
+    from transformers import pipeline
+
+    import funasr_nano_hf  # noqa: F401  (registers the pipeline route)
+    from funasr_nano_hf.inference import transcribe_detailed
+
+    model, processor = tiny_model
+    config = SegmentationConfig(max_segment_s=SPAN_S, vad_model=vad_dir)
+    asr = pipeline(
+        "automatic-speech-recognition",
+        model=model,
+        tokenizer=processor.tokenizer,
+        feature_extractor=processor.feature_extractor,
+        segmentation=config,
+    )
+    (expected,) = transcribe_detailed(model, processor, [recording], segmentation=config, max_new_tokens=3)
+    got = asr(recording, return_timestamps=True, generate_kwargs={"max_new_tokens": 3})
+    assert len(expected["segments"]) >= 4 and got["text"] == expected["text"]
+    assert got["chunks"] == [{"text": s["text"], "timestamp": (s["start"], s["end"])} for s in expected["segments"]]
+
+
 def test_vad_folder_is_checked_up_front(tmp_path):
     with pytest.raises(ValueError, match=r"VAD model folder .* has no config\.yaml / model\.pt"):
         SegmentationConfig(vad_model=tmp_path)
