@@ -2,7 +2,8 @@
 
 `pip install funasr-nano-hf` (no `[funasr]`) must import, load the original folder, fine-tune and transcribe:
 one test proves it in a subprocess where importing `funasr` raises, another fails on any import of `funasr`
-outside `funasr_nano_hf/testing/`.
+outside `funasr_nano_hf/testing/` and `inference/fsmn_vad.py` (FunASR's own fsmn-vad, imported lazily and only
+when the user gives a VAD model folder; without funasr that option says to install the extra).
 """
 
 from __future__ import annotations
@@ -31,14 +32,28 @@ def _imported_modules(path: Path) -> set[str]:
     return names
 
 
+# The one product module allowed to import funasr: the adapter to FunASR's fsmn-vad for `--vad-model`. FunASR is
+# the optional extra there, imported lazily inside functions and only when a VAD folder is given.
+OPTIONAL_FUNASR_MODULES = {PACKAGE / "inference" / "fsmn_vad.py"}
+
+
 def test_only_the_testing_package_imports_funasr():
     offenders = [
         str(path.relative_to(REPO))
         for path in sorted(PACKAGE.rglob("*.py"))
         if PACKAGE / "testing" not in path.parents
+        and path not in OPTIONAL_FUNASR_MODULES
         and any(name == "funasr" or name.startswith("funasr.") for name in _imported_modules(path))
     ]
     assert offenders == [], f"the product imports funasr (an optional extra): {offenders}"
+
+
+def test_the_vad_adapter_imports_funasr_only_lazily():
+    for path in OPTIONAL_FUNASR_MODULES:
+        body = ast.parse(path.read_text(encoding="utf-8")).body
+        top = {alias.name for node in body if isinstance(node, ast.Import) for alias in node.names}
+        top |= {node.module for node in body if isinstance(node, ast.ImportFrom) and node.module}
+        assert not any(name.split(".")[0] == "funasr" for name in top), f"{path}: funasr imported at module level"
 
 
 BLOCK_FUNASR = """

@@ -81,10 +81,19 @@ def _transcribe(args: argparse.Namespace) -> int:
     from ..data.audio import load_audio
     from ..inference import SegmentationConfig, load_for_inference, segment_clips, transcribe_detailed
 
+    try:
+        segmentation = SegmentationConfig(
+            enabled=args.segment, max_segment_s=args.max_segment_s, vad_model=args.vad_model
+        )
+        if args.vad_model and args.segment:  # a missing funasr fails now, before the model loads
+            from ..inference.fsmn_vad import require_funasr
+
+            require_funasr()
+    except (ValueError, ImportError) as err:
+        raise SystemExit(f"transcribe: --vad-model: {err}") from err
     model, processor = load_for_inference(
         args.model, adapter=args.adapter, device=args.device, dtype=args.dtype, device_map=args.device_map
     )
-    segmentation = SegmentationConfig(enabled=args.segment, max_segment_s=args.max_segment_s)
     rows: list[dict] = [{"key": key} for key, _, _ in items]
     good, waveforms = [], []
     for index, (_, path, _) in enumerate(items):
@@ -92,7 +101,8 @@ def _transcribe(args: argparse.Namespace) -> int:
             waveform, info = load_audio(path)
             for warning in info.warnings:  # the quality checks' warnings (near-silence, clipping), named
                 print(f"warning: {path}: {warning}", file=sys.stderr)
-            segment_clips(processor, model.config, [waveform], segmentation, [path])  # refuses over-long clips
+            if not segmentation.enabled:  # refuses over-long clips (segmented ones are cut below the limit)
+                segment_clips(processor, model.config, [waveform], segmentation, [path])
         except (ValueError, OSError) as err:  # AudioError is a ValueError; the message names the file
             rows[index].update(audio=path, error=str(err))
             print(f"error: {err}", file=sys.stderr)
@@ -114,6 +124,8 @@ def _transcribe(args: argparse.Namespace) -> int:
     )
     for index, result in zip(good, results):
         rows[index].update(result)
+        if "warning" in result:
+            print(f"warning: {items[index][1]}: {result['warning']}", file=sys.stderr)
     for row, (_, _, reference) in zip(rows, items):
         if reference is not None:
             row["reference"] = reference
@@ -255,6 +267,13 @@ def build_parser() -> argparse.ArgumentParser:
         dest="segment",
         action="store_false",
         help="decode every file whole (a file over the model's limit is then an error)",
+    )
+    tr.add_argument(
+        "--vad-model",
+        default=None,
+        metavar="DIR",
+        help="FunASR's fsmn-vad model folder: its speech intervals cut long recordings instead of the built-in "
+        "energy pauses (needs: pip install funasr-nano-hf[funasr])",
     )
     tr.add_argument("--batch-size", type=int, default=8)
     tr.add_argument("--language", default=None, help="zh | en | ja | a checkpoint language name")

@@ -4,7 +4,8 @@ FunASR users pair Fun-ASR-Nano with a VAD model (``fsmn-vad``) for long recordin
 segments (at most ``max_single_segment_time``, 30 s in FunASR's Nano examples), the segments are decoded in
 batches and the texts joined (`join_texts` = FunASR's ``_join_vad_texts``). Here the VAD is hand-written and
 energy-based (no extra model, vectorised numpy over 10 ms blocks) because the package must run with the
-checkpoint alone:
+checkpoint alone (given a FunASR ``fsmn-vad`` folder, ``SegmentationConfig(vad_model=...)``, FunASR's own VAD
+finds the speech instead: `fsmn_vad`):
 
 * block energies (dB) -> speech/non-speech with a threshold relative to the recording's own levels;
 * pauses = non-speech runs of at least ``min_pause_s``; the recording is cut at the middle of each pause, so
@@ -40,6 +41,8 @@ class SegmentationConfig:
     pad_s: the silence kept before and after each segment's speech (the rest of the pause is not decoded).
     threshold_db: speech is louder than ``max(noise floor + 10 dB, loud level - threshold_db)`` (levels = the
         10th and 95th percentiles of the recording's block energies).
+    vad_model: a FunASR ``fsmn-vad`` model folder: its speech intervals replace the energy pauses for clips
+        longer than the span (`fsmn_vad`; needs the optional extra ``funasr``). Shorter clips stay whole.
     """
 
     enabled: bool = True
@@ -48,8 +51,13 @@ class SegmentationConfig:
     threshold_db: float = 45.0
     pad_s: float = 0.1
     threshold_dbfs: float | None = None
+    vad_model: str | None = None
 
     def __post_init__(self) -> None:
+        if self.vad_model is not None:
+            from .fsmn_vad import check_vad_folder
+
+            object.__setattr__(self, "vad_model", str(check_vad_folder(self.vad_model)))
         if self.max_segment_s <= 1.0:
             raise ValueError(f"max_segment_s must be > 1 s, got {self.max_segment_s}")
         if self.min_pause_s <= 0:
@@ -102,7 +110,7 @@ def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
 
 
-def _split_at_quiet(energy: np.ndarray, start: int, end: int, span: int) -> list[tuple[int, int]]:
+def split_at_quiet(energy: np.ndarray, start: int, end: int, span: int) -> list[tuple[int, int]]:
     """Cut [start, end) (blocks) into pieces <= span at the quietest block of each piece's second half."""
     pieces = []
     while end - start > span:
@@ -118,12 +126,17 @@ def segment_waveform(
     waveform: np.ndarray, sampling_rate: int, config: SegmentationConfig, limit_samples: int | None = None
 ) -> list[Segment]:
     """The pieces `waveform` is decoded in: itself when it fits the span; else speech cut at pauses (see module
-    docstring). Every piece is at most ``min(max_segment_s, limit)`` long; an all-silent clip gives []."""
+    docstring), or FunASR's fsmn-vad intervals when ``config.vad_model`` is set. Every piece is at most
+    ``min(max_segment_s, limit)`` long; an all-silent clip gives []."""
     span_samples = int(config.max_segment_s * sampling_rate)
     if limit_samples is not None:
         span_samples = min(span_samples, limit_samples)
     if len(waveform) <= span_samples:
         return [Segment(0, len(waveform))]
+    if config.vad_model is not None:
+        from .fsmn_vad import vad_segments
+
+        return vad_segments(waveform, sampling_rate, config.vad_model, span_samples)
     hop = int(round(sampling_rate * BLOCK_S))
     energy = block_energy_db(waveform, sampling_rate)
     floor, loud = np.percentile(energy, [10, 95])
@@ -142,7 +155,7 @@ def segment_waveform(
         # keep `pad_s` of the pause on each side of the speech, not the whole half-pause
         voiced = np.flatnonzero(speech[first:last])
         first, last = max(int(first), first + voiced[0] - pad), min(int(last), first + voiced[-1] + 1 + pad)
-        for a, b in _split_at_quiet(energy, int(first), int(last), span_blocks):
+        for a, b in split_at_quiet(energy, int(first), int(last), span_blocks):
             segments.append(Segment(a * hop, min(b * hop, len(waveform))))
     return segments
 

@@ -295,6 +295,8 @@ def transcribe_detailed(
             "hit_limit": any(row.hit_limit for row in own),
             "repeated": any(row.repeated for row in own),
         }
+        if not clip_segments:
+            result["warning"] = "no speech found (segmentation kept no piece of the recording)"
         if not whole:
             result["segments"] = [
                 {"start": a, "end": b, "text": row.text}
