@@ -215,8 +215,10 @@ FUNASR_KEYS: dict[str, Mapped | Refused | ModelKey] = {
     # line they would do nothing in FunASR, so they are refused with the option that does it here.
     **dict.fromkeys(
         ("specaug", "specaug_conf"),
-        ModelKey("FunASR's FunASRNano applies no SpecAugment (it ignores specaug keys); SpecAugment here: "
-                 "--specaug true --specaug_conf '{...SpecAugLFR fields...}'"),  # fmt: skip
+        ModelKey(
+            "FunASR's FunASRNano applies no SpecAugment (it ignores specaug keys); SpecAugment here: "
+            "--specaug true --specaug_conf '{...SpecAugLFR fields...}'"
+        ),  # fmt: skip
     ),
     "dataset_conf.preprocessor_text": Refused("no text preprocessing"),
     "dataset_conf.preprocessor_noise": Refused("no noise augmentation", accepted=(None,)),
