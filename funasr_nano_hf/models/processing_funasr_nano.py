@@ -7,6 +7,7 @@ only that count and adds the FunASR prompt builders.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -248,6 +249,16 @@ class FunAsrNanoHfProcessor(FunAsrNanoProcessor):
             text_kwargs={"padding": True, "padding_side": "left"},
             audio_kwargs={"sampling_rate": sampling_rate or self.feature_extractor.sampling_rate},
         )
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
+        """As transformers saves it, without the fast tokenizer's call-time padding state: a batched call (left-
+        padded prompts) leaves the backend's padding set, which `tokenizer.json` would record, and the folder
+        would load with padding_side "left" next to the feature extractor's "right" (transformers' ASR pipeline
+        refuses that). Padding is chosen per call anyway."""
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is not None and backend.padding is not None:
+            backend.no_padding()
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     def build_training_example(
         self, waveform: np.ndarray, transcript: str, instruction: str | None = None
