@@ -386,7 +386,7 @@ class FeatureTransform:
                 for name, value in rebuilt.items():  # a speed-perturbed clip's ids, for its new length
                     ids[name][row] = value
                 bad.append("")
-                if warnings:  # named when met (check-data counts them up front)
+                if warnings and self.epoch == 0:  # named when first met, not every epoch (check-data counts them)
                     logger.warning("%s: example %r: %s", source, key, "; ".join(warnings))
             except AudioError as err:
                 if self.on_bad_data == "stop":
