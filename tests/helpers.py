@@ -16,6 +16,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 FINETUNE = REPO / "examples" / "finetune.py"
 BUNDLED_DATA = REPO / "examples" / "bundled" / "data"
+# Prepended to a subprocess script: every import of funasr fails, as on a machine without the optional extra.
+BLOCK_FUNASR = """
+import importlib.abc, sys
+
+class _NoFunasr(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "funasr" or name.startswith("funasr."):
+            raise ImportError(f"funasr is not installed (blocked by the test): {name}")
+        return None
+
+sys.meta_path.insert(0, _NoFunasr())
+"""
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from helpers import BUNDLED_DATA, FINETUNE, REPO
+from helpers import BLOCK_FUNASR, BUNDLED_DATA, FINETUNE, REPO
 
 PACKAGE = REPO / "funasr_nano_hf"
 
@@ -54,19 +54,6 @@ def test_the_vad_adapter_imports_funasr_only_lazily():
         top = {alias.name for node in body if isinstance(node, ast.Import) for alias in node.names}
         top |= {node.module for node in body if isinstance(node, ast.ImportFrom) and node.module}
         assert not any(name.split(".")[0] == "funasr" for name in top), f"{path}: funasr imported at module level"
-
-
-BLOCK_FUNASR = """
-import importlib.abc, sys
-
-class _NoFunasr(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "funasr" or name.startswith("funasr."):
-            raise ImportError(f"funasr is not installed (blocked by the test): {name}")
-        return None
-
-sys.meta_path.insert(0, _NoFunasr())
-"""
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ import textwrap
 import numpy as np
 import pytest
 import soundfile as sf
+from helpers import BLOCK_FUNASR
 
 from funasr_nano_hf.cli.main import main as cli_main
 from funasr_nano_hf.inference import transcribe
@@ -126,19 +127,6 @@ def test_vad_folder_is_checked_up_front(tmp_path):
         SegmentationConfig(vad_model=tmp_path)
     with pytest.raises(ValueError, match="is not a folder"):
         SegmentationConfig(vad_model=tmp_path / "missing")
-
-
-BLOCK_FUNASR = """
-import importlib.abc, sys
-
-class _NoFunasr(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "funasr" or name.startswith("funasr."):
-            raise ImportError(f"funasr is not installed (blocked by the test): {name}")
-        return None
-
-sys.meta_path.insert(0, _NoFunasr())
-"""
 
 
 @pytest.mark.slow
