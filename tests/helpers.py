@@ -155,3 +155,13 @@ def run(cmd: list[str], *, env: dict[str, str] | None = None, returncode: int = 
     output = result.stdout + result.stderr
     assert result.returncode == returncode, f"exit {result.returncode} (expected {returncode})\n{output[-8000:]}"
     return output
+
+
+class RunsCode:
+    """Pickles into a call of os.system (touching `marker`): what a hostile checkpoint or adapter file does."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))

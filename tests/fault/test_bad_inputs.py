@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from helpers import BUNDLED_DATA, REPO, finetune_cmd, run
+from helpers import BUNDLED_DATA, REPO, RunsCode, finetune_cmd, run
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -372,18 +372,6 @@ def test_fuzz_bytes(tmp_path_factory, flips, cut, encoding):
 
 
 # -- model-folder and adapter files ---------------------------------------------------------------------------------
-class _RunsCode:
-    """Pickles into a call of os.system: what a hostile checkpoint does."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        import os
-
-        return (os.system, (f"touch {self.marker}",))
-
-
 @pytest.fixture
 def model_copy(tiny_original_dir, tmp_path) -> Path:
     return Path(shutil.copytree(tiny_original_dir, tmp_path / "model", symlinks=True))
@@ -419,7 +407,7 @@ def test_legacy_model_pt_loads_and_hostile_one_is_refused_as_hostile(model_copy,
     load_pretrained(model_copy)
     marker = tmp_path / "ran"
     for zipped in (True, False):
-        torch.save({"state_dict": expected, "x": _RunsCode(marker)}, pt, _use_new_zipfile_serialization=zipped)
+        torch.save({"state_dict": expected, "x": RunsCode(marker)}, pt, _use_new_zipfile_serialization=zipped)
         with pytest.raises(CheckpointError, match="refused as hostile: it references posix.system") as err:
             load_pretrained(model_copy)
         assert str(pt) in str(err.value) and not marker.exists()
@@ -444,7 +432,7 @@ def test_adapters_hostile_or_bin(tmp_path):
     marker = tmp_path / "ran"
     for zipped in (True, False):
         torch.save(
-            {**weights, "x": _RunsCode(marker)}, adapter / "adapter_model.bin", _use_new_zipfile_serialization=zipped
+            {**weights, "x": RunsCode(marker)}, adapter / "adapter_model.bin", _use_new_zipfile_serialization=zipped
         )
         with pytest.raises(CheckpointError, match="refused as hostile") as err:
             check_adapter(adapter)

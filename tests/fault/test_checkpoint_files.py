@@ -4,7 +4,6 @@ torn folders are never taken for complete ones; no trust_remote_code anywhere.""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from finetune_runs import finetune_cmd, run
-from helpers import REPO
+from helpers import REPO, RunsCode
 
 from funasr_nano_hf import CheckpointError
 from funasr_nano_hf.training.checkpointing import (
@@ -29,14 +28,6 @@ from funasr_nano_hf.training.checkpointing import (
 pytestmark = pytest.mark.slow  # the checkpoints come from a real (tiny) fine-tuning run
 
 
-class _RunsCode:
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 @pytest.fixture
 def checkpoint(reference, tmp_path) -> Path:
     """A copy of a complete checkpoint of the reference run (LoRA adapter, optimizer, scheduler, RNG)."""
@@ -48,7 +39,7 @@ def test_resume_refuses_a_checkpoint_file_that_would_run_code(tiny_original_dir,
     """A checkpoint folder from elsewhere, complete by its marker, whose optimizer.pt is a pickle that runs a
     command: `--resume` stops with an error naming the file, and the command never ran."""
     pwned = tmp_path / "pwned"
-    torch.save({"state": {}, "param_groups": [], "payload": _RunsCode(pwned)}, checkpoint / "optimizer.pt")
+    torch.save({"state": {}, "param_groups": [], "payload": RunsCode(pwned)}, checkpoint / "optimizer.pt")
     mark_complete(checkpoint)
     output = run([*finetune_cmd(tiny_original_dir, fault_data, checkpoint.parent), "--resume", "true"], returncode=1)
     assert f"CheckpointError: {checkpoint / 'optimizer.pt'}: refused: it references posix.system" in output, output[
@@ -60,7 +51,7 @@ def test_resume_refuses_a_checkpoint_file_that_would_run_code(tiny_original_dir,
 @pytest.mark.parametrize("name", ["optimizer.pt", "scheduler.pt", "rng_state.pth"])
 def test_vet_refuses_pickles_that_would_run_code(checkpoint, tmp_path, name):
     pwned = tmp_path / "pwned"
-    torch.save({"payload": _RunsCode(pwned)}, checkpoint / name)
+    torch.save({"payload": RunsCode(pwned)}, checkpoint / name)
     with pytest.raises(
         CheckpointError,
         match=rf"{re.escape(str(checkpoint / name))}: refused: it references "
