@@ -73,7 +73,7 @@ def main() -> None:
     parser.add_argument("--mixed", action="store_true", help="clips of 1-20 s instead of the shared valid clips")
     parser.add_argument("--batches", default="1,8,16")
     parser.add_argument("--side", choices=["funasr", "ours"], default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--checkpoint", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--checkpoint", default=None, help="original-layout folder (default: build one of --size)")
     parser.add_argument("--paths", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
@@ -92,7 +92,7 @@ def main() -> None:
         else:
             paths = sorted(glob.glob(str(SHARED / "tts" / "wav" / "valid" / "*.wav")))[: args.clips]
         audio = sum(sf.info(p).duration for p in paths)
-        folder = str(write_original_checkpoint(Path(tmp) / "ckpt", size=args.size, seed=0))
+        folder = args.checkpoint or str(write_original_checkpoint(Path(tmp) / "ckpt", size=args.size, seed=0))
         common = ["--checkpoint", folder, "--paths", json.dumps(paths), "--max-new-tokens", str(args.max_new_tokens)]
         funasr = _subprocess(["--side", "funasr", *common])
         ours = _subprocess(["--side", "ours", "--batches", args.batches, *common])

@@ -57,7 +57,9 @@ def step_curves(folder: Path, scratch: Path, batches: list[int], lengths: list[f
         rows = write_clips(scratch / f"clips_{length:g}", [length] * max(batches))
         manifest = scratch / f"train_{length:g}.jsonl"
         manifest.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
-        dataset, _ = build_dataset([str(manifest)], processor, DataConfig(cache_dir=str(scratch / "cache")))
+        dataset, _ = build_dataset(
+            [str(manifest)], processor, DataConfig(cache_dir=str(scratch / "cache")), precompute_features=True
+        )
         if cached:
             dataset = add_audio_embeddings(dataset, model)
         for batch_size in batches:

@@ -132,7 +132,7 @@ def run_ours(
     with tempfile.TemporaryDirectory() as tmp:
         manifest = Path(tmp) / "batch.jsonl"
         manifest.write_text("\n".join(json.dumps(c, ensure_ascii=False) for c in clips) + "\n", encoding="utf-8")
-        dataset, _ = build_dataset([str(manifest)], processor, DataConfig(cache_dir=tmp))
+        dataset, _ = build_dataset([str(manifest)], processor, DataConfig(cache_dir=tmp), precompute_features=True)
         cache_seconds = 0.0
         if cached:
             started = time.perf_counter()
