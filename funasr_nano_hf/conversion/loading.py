@@ -33,7 +33,7 @@ from ..models.configuration_funasr_nano import FunAsrNanoHfConfig
 from ..models.feature_extraction_funasr_nano import FunAsrNanoHfFeatureExtractor
 from ..models.modeling_funasr_nano import FunAsrNanoHfForConditionalGeneration
 from ..models.processing_funasr_nano import FunAsrNanoHfProcessor
-from .meta_init import cast_like_model, parameters_on_meta, require_materialized
+from .meta_init import FilePages, cast_like_model, parameters_on_meta, require_materialized
 from .original_layout import feature_extractor_kwargs, hf_config_from_original, layout_from_config, original_to_hf
 
 logger = logging.getLogger(__name__)
@@ -421,6 +421,7 @@ def load_original(
     config.funasr_config = yaml_conf
 
     state = read_model_pt(folder / "model.pt")
+    pages = FilePages(folder / "model.pt")  # hands back the pages of tensors converted or dropped
     try:
         ours, extras = original_to_hf(state, layout_from_config(yaml_conf))
     except KeyError as err:
@@ -432,13 +433,14 @@ def load_original(
         if not torch.equal(embed, head):
             logger.warning("%s: llm.lm_head.weight differs from the embeddings; using lm_head (FunASR does)", folder)
             ours["model.language_model.embed_tokens.weight"] = head
+        pages.release(embed if ours["model.language_model.embed_tokens.weight"] is head else head)
     if extras:
         counts = Counter(key.split(".", 1)[0] for key in extras)
         logger.info("%s: keeping %d tensors the HF model has no place for: %s", folder, len(extras), dict(counts))
 
     with no_init_weights(), _whole_model_under_zero3(), parameters_on_meta():
         model = FunAsrNanoHfForConditionalGeneration(config)
-    _check_and_fill(model, cast_like_model(model, ours), folder / "model.pt")
+    _check_and_fill(model, cast_like_model(model, ours, pages), folder / "model.pt")
     model.tie_weights()
     require_materialized(model, folder / "model.pt")
     model.funasr_extra_state = dict(extras)
@@ -446,6 +448,8 @@ def load_original(
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.do_sample = False
     model = _cast_llm(model, dtype).to(device).eval()
+    pages.release_unused(state.values(), keep=model)  # the originals of converted tensors, the tied lm_head
+    del state, ours
 
     processor = FunAsrNanoHfProcessor(
         FunAsrNanoHfFeatureExtractor(**feature_extractor_kwargs(yaml_conf)),

@@ -8,7 +8,7 @@ from transformers.initialization import no_init_weights
 
 from funasr_nano_hf import load_pretrained
 from funasr_nano_hf.conversion.loading import read_model_pt
-from funasr_nano_hf.conversion.meta_init import cast_like_model
+from funasr_nano_hf.conversion.meta_init import FilePages, cast_like_model
 from funasr_nano_hf.conversion.original_layout import layout_from_config, original_to_hf
 from funasr_nano_hf.models.modeling_funasr_nano import FunAsrNanoHfForConditionalGeneration
 
@@ -55,3 +55,28 @@ def test_tensors_already_in_the_models_dtype_are_taken_not_copied(tiny_model):
     other = same.to(torch.bfloat16)
     converted = cast_like_model(model, {name: other})[name]
     assert converted.dtype == torch.float32 and torch.equal(converted, other.float())
+
+
+def _rss_file_mb() -> float:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("RssFile:")) / 1024
+
+
+def test_pages_of_converted_tensors_leave_the_process(tmp_path):
+    """A bf16 tensor read from the mapped file and converted stays resident (counted in RSS) while the file is
+    mapped -- as it is for as long as any tensor taken as is lives; FilePages drops it, and a tensor the model
+    keeps (mapped, same dtype) keeps its pages and its values."""
+    path = tmp_path / "model.pt"
+    torch.save({"converted": torch.randn(4096, 4096).to(torch.bfloat16), "kept": torch.randn(1024, 1024)}, path)
+    state = torch.load(path, mmap=True, weights_only=True)
+    keep = torch.nn.Linear(1024, 1024, bias=False)
+    keep.weight = torch.nn.Parameter(state["kept"], requires_grad=False)
+    converted = state["converted"].float()  # touches the 32 MB of bf16 pages
+    before = _rss_file_mb()
+    released = FilePages(path).release_unused(state.values(), keep)
+    after = _rss_file_mb()
+    assert released > 30 * 2**20
+    assert before - after > 25, (before, after)
+    assert torch.equal(state["converted"].float(), converted)  # re-read from the file if touched again
+    assert FilePages(tmp_path / "other.pt").release_unused(state.values(), keep) == 0  # not mapped: nothing
+    assert torch.equal(keep.weight, torch.load(path, weights_only=True)["kept"])
