@@ -31,6 +31,7 @@ from .readers import Problem
 from .report import DataReport
 
 ROWS_PER_READ = 32  # rows datasets hands over per `iter` call (a read granularity, not a training batch)
+SHUFFLE_BUFFER_SIZE = 1000  # datasets' `IterableDataset.shuffle` default: rows mixed per epoch
 
 RECORD_FEATURES = datasets.Features(
     {
@@ -165,7 +166,7 @@ class HubStream:
         audio_column: str = "audio",
         text_column: str = "text",
         key_column: str | None = None,
-        shuffle_buffer_size: int = 1000,
+        shuffle_buffer_size: int = SHUFFLE_BUFFER_SIZE,
     ) -> None:
         dataset = _split(dataset, split)
         if not isinstance(dataset, datasets.IterableDataset):
@@ -174,7 +175,7 @@ class HubStream:
                 ": a map-style Dataset trains through build_dataset_from_hf"
             )
         if dataset.features is None:  # e.g. a streamed JSON file: datasets reads the first rows to type them
-            dataset = dataset._resolve_features()
+            dataset = dataset._resolve_features()  # (datasets' own step before a cast; no public name for it)
         _check_columns(dataset.column_names, audio_column, text_column, key_column)
         self.dataset = dataset.cast_column(audio_column, datasets.Audio(decode=False))
         self.audio_column, self.text_column, self.key_column = audio_column, text_column, key_column
@@ -195,7 +196,7 @@ class HubStream:
         stream = split_dataset_by_node(stream, rank=slot, world_size=slots)
         stream.set_epoch(epoch)
         count = 0
-        for rows in ({k: [v] for k, v in r.items()} for r in stream):  # `iter`: no second split by DataLoader worker
+        for rows in stream.iter(batch_size=ROWS_PER_READ):  # `iter`: no second split by DataLoader worker
             keys = rows[self.key_column] if self.key_column else [None] * len(rows[self.text_column])
             for value, transcript, key in zip(rows[self.audio_column], rows[self.text_column], keys):
                 if key is None and isinstance(value, dict) and value.get("path"):

@@ -42,6 +42,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import datasets
 import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
@@ -57,7 +58,7 @@ from .featurize import (
     perturbed_ids,
     text_length,
 )
-from .hf_audio import HubStream
+from .hf_audio import SHUFFLE_BUFFER_SIZE, HubStream
 from .readers import Problem, _record_from_row, detect_format
 from .samplers import cut_by_budget
 
@@ -107,7 +108,7 @@ class StreamingBatches(IterableDataset):
     @classmethod
     def from_datasets(
         cls,
-        dataset: Any,
+        dataset: datasets.IterableDataset | datasets.IterableDatasetDict,
         processor: Any,
         config: DataConfig,
         *,
@@ -115,12 +116,18 @@ class StreamingBatches(IterableDataset):
         audio_column: str = "audio",
         text_column: str = "text",
         key_column: str | None = None,
-        shuffle_buffer_size: int = 1000,
+        shuffle_buffer_size: int = SHUFFLE_BUFFER_SIZE,
         **options: Any,
     ) -> StreamingBatches:
         """The stream of a `datasets.IterableDataset` / `IterableDatasetDict` with an Audio column (e.g.
-        ``load_dataset(name, streaming=True)``); `options` are `__init__`'s (batch_size, sort_size, seed, rank,
-        world_size, augmentation, ...). ``shuffle_buffer_size`` is datasets' shuffle buffer (0: stream order)."""
+        ``load_dataset(name, streaming=True)``), as the Trainer's ``train_dataset`` (with ``max_steps``).
+
+        `options` are `__init__`'s: ``batch_size`` (token budget), ``sort_size``, ``seed``, ``rank`` /
+        ``world_size`` (``TrainingArguments.process_index`` / ``world_size``), ``augmentation`` ...
+        ``shuffle_buffer_size`` is datasets' shuffle buffer (0: stream order). ``key_column`` names examples in
+        messages and seeds their augmentation; without it, the Audio file name does (else the row's place in the
+        stream, which depends on the rank/worker layout). The bucketing buffer holds ``sort_size`` rows' encoded
+        audio when the dataset embeds it (a hub dataset does): about ``sort_size`` x the mean file size."""
         hub = HubStream(
             dataset,
             split=split,
