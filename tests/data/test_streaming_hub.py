@@ -209,3 +209,39 @@ def test_the_trainer_trains_two_steps_on_a_datasets_stream(tiny_original_dir, cl
     assert [e["step"] for e in trainer.state.log_history if "loss" in e] == [1, 2]
     after = dict(model.named_parameters())
     assert any(not torch.equal(before[n], after[n].detach()) for n in before)
+
+
+@pytest.mark.slow
+def test_the_trainer_resumes_a_datasets_stream_exactly(tiny_original_dir, clips, tmp_path):
+    """Resumed from the checkpoint at step 2 of a 4-step run (the stream replays its first 2 batches' formation),
+    the Trainer ends with the uninterrupted run's losses and weights, bit for bit."""
+    from transformers import TrainingArguments
+
+    from funasr_nano_hf import load_pretrained
+    from funasr_nano_hf.training.arguments import ModelArguments
+    from funasr_nano_hf.training.model_setup import prepare_model_for_finetuning
+    from funasr_nano_hf.training.trainer import FunAsrNanoTrainer
+
+    hub = _map_style(clips).to_iterable_dataset(num_shards=2)
+
+    def run(out: Path, resume: str | None = None):
+        model, processor = load_pretrained(tiny_original_dir)
+        model = prepare_model_for_finetuning(model, ModelArguments(model_dir=str(tiny_original_dir)))
+        stream = _stream(hub, processor, batch_size=1200, augmentation=Augmentation(dither=1.0, seed=7))
+        args = TrainingArguments(
+            str(out), max_steps=4, per_device_train_batch_size=1200, learning_rate=5e-3, warmup_steps=1, seed=7,
+            use_cpu=True, report_to=[], disable_tqdm=True, save_strategy="steps", save_steps=2, logging_steps=1,
+            remove_unused_columns=False, dataloader_num_workers=2,
+        )  # fmt: skip
+        collator = FunAsrNanoCollator(pad_token_id=processor.tokenizer.pad_token_id)
+        trainer = FunAsrNanoTrainer(model, args, collator, stream, processor=processor)
+        trainer.train(resume_from_checkpoint=resume)
+        losses = [(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e]
+        return losses, {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    whole_losses, whole = run(tmp_path / "whole")
+    resumed_losses, resumed = run(tmp_path / "resumed", resume=str(tmp_path / "whole" / "checkpoint-2"))
+    assert [s for s, _ in whole_losses] == [1, 2, 3, 4] and resumed_losses == whole_losses  # 1-2 from the checkpoint
+    assert whole.keys() == resumed.keys()
+    for name in whole:
+        assert torch.equal(whole[name], resumed[name]), name
