@@ -109,7 +109,9 @@ class FilePages:
             return  # memory torch owns (freed when the tensor is), not the file's
         page = mmap.PAGESIZE
         first, last = -(-start // page) * page, end // page * page
-        if last > first and self._libc.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), _MADV_DONTNEED) == 0:
+        if last <= first:
+            return
+        if self._libc.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), _MADV_DONTNEED) == 0:
             self.released += last - first
 
     def release_unused(self, tensors: Iterable[torch.Tensor], keep: torch.nn.Module) -> int:
