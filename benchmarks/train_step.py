@@ -105,6 +105,7 @@ def run_ours(
     full_logits: bool = False,
     fused: bool = False,
     profile: bool = False,
+    pin_malloc: bool = True,
 ) -> dict:
     import torch
     from perf import lora_step_flops, matmul_peak_gflops, peak_rss_gb
@@ -112,10 +113,13 @@ def run_ours(
     from funasr_nano_hf import load_pretrained
     from funasr_nano_hf.data.collator import FunAsrNanoCollator
     from funasr_nano_hf.data.featurize import DataConfig, build_dataset
+    from funasr_nano_hf.host_memory import pin_mmap_threshold
     from funasr_nano_hf.training.arguments import ModelArguments
     from funasr_nano_hf.training.frozen_cache import add_audio_embeddings
     from funasr_nano_hf.training.model_setup import prepare_model_for_finetuning
 
+    if pin_malloc:
+        pin_mmap_threshold()  # as examples/finetune.py does
     model, processor = load_pretrained(checkpoint)
     load_rss = peak_rss_gb()
     model.labelled_logits_only = not full_logits
@@ -177,6 +181,9 @@ def main() -> None:
     parser.add_argument("--full-logits", action="store_true", help="lm_head at every position (the old behaviour)")
     parser.add_argument("--fused-adamw", action="store_true", help="torch's fused AdamW for ours")
     parser.add_argument("--profile", action="store_true", help="torch.profiler top-10 ops of one step of ours")
+    parser.add_argument(
+        "--adjusting-malloc", action="store_true", help="ours without finetune.py's pinned glibc mmap threshold"
+    )
     parser.add_argument("--variants", default="funasr,ours,ours_cached", help="comma-separated subset to run")
     parser.add_argument("--clip-dir", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -196,6 +203,7 @@ def main() -> None:
                 full_logits=args.full_logits,
                 fused=args.fused_adamw,
                 profile=args.profile,
+                pin_malloc=not args.adjusting_malloc,
             )
         result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
         print("RESULT " + json.dumps(result))
@@ -215,6 +223,7 @@ def main() -> None:
         flags += ["--clip-seconds", str(args.clip_seconds)] if args.clip_seconds is not None else []
         flags += [f for f, on in (("--full-logits", args.full_logits), ("--fused-adamw", args.fused_adamw)) if on]
         flags += ["--profile"] if args.profile else []
+        flags += ["--adjusting-malloc"] if args.adjusting_malloc else []
         for variant in args.variants.split(","):
             out = subprocess.run(
                 [sys.executable, __file__, "--variant", variant, "--checkpoint", checkpoint, "--steps", str(args.steps)]

@@ -38,6 +38,7 @@ from funasr_nano_hf.data.collator import FunAsrNanoCollator
 from funasr_nano_hf.data.featurize import MAX_PROBLEMS_SHOWN, DataConfig, build_dataset
 from funasr_nano_hf.data.streaming import StreamingBatches
 from funasr_nano_hf.errors import DiskFullError
+from funasr_nano_hf.host_memory import pin_mmap_threshold
 from funasr_nano_hf.models.processing_funasr_nano import FunAsrNanoHfProcessor
 from funasr_nano_hf.training.arguments import (
     DataArguments,
@@ -82,7 +83,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     except OptionError as err:
         raise SystemExit(f"finetune.py: error: {err}") from None
 
-    # 2. Logging: train.log from here to the last error (traceback included), on the console too
+    # 2. Logging: train.log from here to the last error (traceback included), on the console too; host memory:
+    # glibc returns the blocks freed activations leave (`host_memory`: ~0.9 GB less peak RSS per CPU step)
+    pin_mmap_threshold()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # The output folder: locked by this run, refused when it holds another run (nothing is written before)
     out = Path(training_args.output_dir)
@@ -123,15 +126,15 @@ def _finetune(
     training_args: TrainingArguments,
     out: Path,
 ) -> dict[str, float]:
-    """Steps 2-8 of the run, inside `TrainLog`."""
-    # 2. Seed; the checkpoint to resume from (checked before any work); the output dir with the resolved options
+    """Steps 3-9 of the run, inside `TrainLog`."""
+    # 3. Seed; the checkpoint to resume from (checked before any work); the output dir with the resolved options
     set_seed(training_args.seed)
     resume = _resume_point(finetune_args, out, training_args.resume_from_checkpoint)
     out.mkdir(parents=True, exist_ok=True)
     if training_args.process_index == 0:
         save_resolved_config(out / "config.yaml", model_args, data_args, finetune_args, training_args)
 
-    # 3. Load model and processor (a hub id is downloaded first, by one process)
+    # 4. Load model and processor (a hub id is downloaded first, by one process)
     with training_args.main_process_first(desc="model download"):
         model_dir = resolve_model_dir(model_args.model_dir, hub=model_args.hub, revision=model_args.model_revision)
     model, processor = load_pretrained(model_dir, attn_implementation=model_args.attn_implementation)
@@ -144,7 +147,7 @@ def _finetune(
     if training_args.process_index == 0:  # the resolved llm_dtype and mixed precision
         save_resolved_config(out / "config.yaml", model_args, data_args, finetune_args, training_args)
 
-    # 4. Load the data: lengths and token ids cached; training features computed on the fly in the loader workers
+    # 5. Load the data: lengths and token ids cached; training features computed on the fly in the loader workers
     #    (with FunASR's dither, optional SpecAugment / speed perturbation, seeded per example), or precomputed
     #    (--precompute_features, --cache_frozen_audio);
     #    evaluation features precomputed, clean
@@ -178,7 +181,7 @@ def _finetune(
     if train_report is not None:
         logger.info("train data: %s", train_report.format(MAX_PROBLEMS_SHOWN))
 
-    # 5. Prepare the model (freezing/LoRA, fp32 master weights); with a frozen audio path, its output is computed
+    # 6. Prepare the model (freezing/LoRA, fp32 master weights); with a frozen audio path, its output is computed
     # once, on the training device, each process its own shard
     model = prepare_model_for_finetuning(model, model_args)
     if data_args.cache_frozen_audio:
@@ -196,7 +199,7 @@ def _finetune(
             freed = release_frozen_audio_path(model)
             logger.info("frozen audio path released after caching: %.1fM parameters freed", freed / 1e6)
 
-    # 6. Build the Trainer
+    # 7. Build the Trainer
     callbacks = _callbacks(finetune_args, out, validating=valid_set is not None)
     trainer = FunAsrNanoTrainer(
         model=model,
@@ -218,10 +221,10 @@ def _finetune(
         scheduler=finetune_args.scheduler,
     )
 
-    # 7. Train
+    # 8. Train
     result = trainer.train(resume_from_checkpoint=resume)
 
-    # 8. Save (final/, final_merged/, FunASR's model.pt), evaluate the final model and the n-best average, push
+    # 9. Save (final/, final_merged/, FunASR's model.pt), evaluate the final model and the n-best average, push
     _save_final(trainer, processor, model_args, model_dir, out)
     metrics = dict(result.metrics)
     metrics.update(next(c for c in callbacks if isinstance(c, LossExplosionCallback)).metrics())
