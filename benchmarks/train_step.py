@@ -7,7 +7,7 @@ Each variant runs in its own subprocess (peak RSS per variant); the parent print
 "a step" = forward + backward + optimizer step on the same batch; warm-up step excluded.
 
     python benchmarks/train_step.py [--size real|tiny] [--checkpoint DIR] [--steps 3] [--batch 4] [--clip-seconds S]
-                                    [--full-logits] [--fused-adamw] [--profile]
+                                    [--full-logits] [--unfused-adamw] [--adjusting-malloc] [--profile]
 
 Ours also reports: achieved GFLOP/s (`perf.lora_step_flops`: counted from the model's shapes and the batch) against
 an fp32 matmul peak measured in the same process, and peak RSS after loading and after the steps.
@@ -103,7 +103,7 @@ def run_ours(
     steps: int,
     cached: bool,
     full_logits: bool = False,
-    fused: bool = False,
+    fused: bool = True,
     profile: bool = False,
     pin_malloc: bool = True,
 ) -> dict:
@@ -147,7 +147,7 @@ def run_ours(
     with torch.no_grad():
         loss0 = model(**batch).loss.item()
     trained = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trained, lr=1e-4, fused=fused or None)
+    optimizer = torch.optim.AdamW(trained, lr=1e-4, fused=fused or None)  # fused: as examples/finetune.py
     model.train()
 
     def step():
@@ -179,7 +179,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4, help="clips per batch")
     parser.add_argument("--clip-seconds", type=float, default=None, help="clip length (default: shared 3-4 s clips)")
     parser.add_argument("--full-logits", action="store_true", help="lm_head at every position (the old behaviour)")
-    parser.add_argument("--fused-adamw", action="store_true", help="torch's fused AdamW for ours")
+    parser.add_argument(
+        "--unfused-adamw",
+        action="store_true",
+        help="ours with torch's per-tensor AdamW (finetune.py uses the fused one)",
+    )
     parser.add_argument("--profile", action="store_true", help="torch.profiler top-10 ops of one step of ours")
     parser.add_argument(
         "--adjusting-malloc", action="store_true", help="ours without finetune.py's pinned glibc mmap threshold"
@@ -201,7 +205,7 @@ def main() -> None:
                 args.steps,
                 cached=args.variant == "ours_cached",
                 full_logits=args.full_logits,
-                fused=args.fused_adamw,
+                fused=not args.unfused_adamw,
                 profile=args.profile,
                 pin_malloc=not args.adjusting_malloc,
             )
@@ -221,7 +225,7 @@ def main() -> None:
         results = {}
         flags = ["--batch", str(args.batch), "--clip-dir", str(clip_dir.parent)]
         flags += ["--clip-seconds", str(args.clip_seconds)] if args.clip_seconds is not None else []
-        flags += [f for f, on in (("--full-logits", args.full_logits), ("--fused-adamw", args.fused_adamw)) if on]
+        flags += [f for f, on in (("--full-logits", args.full_logits), ("--unfused-adamw", args.unfused_adamw)) if on]
         flags += ["--profile"] if args.profile else []
         flags += ["--adjusting-malloc"] if args.adjusting_malloc else []
         for variant in args.variants.split(","):

@@ -219,8 +219,9 @@ GUIDE_TO_TRAINING = {
 DATA_TO_TRAINING = {"batch_size": "per_device_train_batch_size", "num_workers": "dataloader_num_workers"}
 
 # Guide defaults for TrainingArguments fields that keep their own name. FunASR's `optim: adamw` is
-# torch.optim.AdamW (transformers' default on torch >= 2.8 is the fused variant).
-GUIDE_TRAINING_DEFAULTS = {"weight_decay": 1e-4, "warmup_steps": 500, "optim": OptimizerNames.ADAMW_TORCH}
+# torch.optim.AdamW; here its fused kernel (one kernel over all trained tensors instead of a loop of small ops
+# per LoRA matrix; same update, transformers' own default on torch >= 2.8).
+GUIDE_TRAINING_DEFAULTS = {"weight_decay": 1e-4, "warmup_steps": 500, "optim": OptimizerNames.ADAMW_TORCH_FUSED}
 
 # How the run differs from TrainingArguments' defaults besides the guide's values: evaluation, saving and logging
 # every N steps (the guide's intervals), n-best pruning by the callback (not save_total_limit), the collator

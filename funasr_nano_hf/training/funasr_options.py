@@ -31,7 +31,7 @@ FUNASR_MODEL_CLASS = "FunASRNano"
 # transformers' inverse_sqrt is the same curve one update late).
 SCHEDULER_NAMES: dict[str, str | None] = {"warmuplr": "warmuplr"}
 # FunASR's `optim` names -> `--optim` (torch.optim.AdamW / SGD); None: no transformers equivalent.
-OPTIMIZER_NAMES: dict[str, str | None] = {"adamw": "adamw_torch", "sgd": "sgd", "adam": None}
+OPTIMIZER_NAMES: dict[str, str | None] = {"adamw": "adamw_torch_fused", "sgd": "sgd", "adam": None}
 ANY = object()  # `Refused.accepted`: every value is a no-op (FunASR reads the key but it changes nothing here)
 
 

@@ -197,7 +197,7 @@ def test_model_folder_config_as_starting_point(tiny_original_dir, tmp_path):
     lora = funasr_yaml["llm_conf"]["lora_conf"]
     assert (model.use_lora, model.lora_r, model.lora_alpha) == (funasr_yaml["llm_conf"]["use_lora"], lora["r"], 32)
     assert model.lora_target_modules == ",".join(lora["target_modules"])
-    assert finetune.scheduler == "warmuplr" and training.optim.value == "adamw_torch"
+    assert finetune.scheduler == "warmuplr" and training.optim.value == "adamw_torch_fused"
     model, _, _, training = parse_args(
         ["--config", config, "--train_data", "t.jsonl", "++llm_conf.use_lora=true", "++optim_conf.lr=0.001"]
     )
@@ -424,7 +424,7 @@ FUNASR_KEY_CASES = {
     "audio_encoder_conf.freeze": (False, "freeze_audio_encoder", False),
     "audio_adaptor_conf.freeze": (False, "freeze_audio_adaptor", False),
     "scheduler": ("warmuplr", "scheduler", "warmuplr"),
-    "optim": ("adamw", "optim", "adamw_torch"),
+    "optim": ("adamw", "optim", "adamw_torch_fused"),
 }
 
 
@@ -470,7 +470,7 @@ def test_funasr_optimisation_by_default_transformers_schedule_on_request():
     """FunASR's optim: adamw (torch AdamW) and scheduler: warmuplr by default; --lr_scheduler_type selects
     transformers' schedule; contradictions and a warm-up warmuplr cannot run are refused by name."""
     _, _, finetune, training = parse_args(BASE)
-    assert finetune.scheduler == "warmuplr" and training.optim == "adamw_torch"
+    assert finetune.scheduler == "warmuplr" and training.optim == "adamw_torch_fused"
     _, _, finetune, training = parse_args(BASE + ["--lr_scheduler_type", "cosine", "--optim", "adamw_torch_fused"])
     assert finetune.scheduler == "hf" and training.lr_scheduler_type == "cosine"
     assert training.optim == "adamw_torch_fused"
