@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Decoding throughput, side by side in one run: our batched greedy `generate` at batch 1 / 8 / 16 vs FunASR's
+"""Decoding throughput, side by side in one run: our batched greedy `generate` at batch 1 / 8 / 16 (clips sorted by
+duration into batches, results back in input order, as `transcribe` does) vs FunASR's
 own per-utterance inference (its `FunASRNano` through `inference_prepare` + `llm.generate`, one clip per call)
 on the same weights and clips (real architecture by default, random weights, CPU, fp32). Transcripts are
 compared token for token.
@@ -49,12 +50,15 @@ def run_ours(folder: str, paths: list[str], max_new_tokens: int, batches: list[i
     model, processor = load_pretrained(folder)
     pad = processor.tokenizer.pad_token_id
     rows = []
+    order = sorted(range(len(waveforms)), key=lambda i: len(waveforms[i]), reverse=True)  # as `transcribe` batches
     for batch_size in batches:
-        ours: list[list[int]] = []
+        ours: list[list[int]] = [[] for _ in waveforms]
         started = time.perf_counter()
-        for start in range(0, len(waveforms), batch_size):
-            ids = generate_ids(model, processor, waveforms[start : start + batch_size], max_new_tokens=max_new_tokens)
-            ours += [[t for t in row.tolist() if t != pad] for row in ids]
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            ids = generate_ids(model, processor, [waveforms[i] for i in chunk], max_new_tokens=max_new_tokens)
+            for index, row in zip(chunk, ids.tolist()):
+                ours[index] = [t for t in row if t != pad]
         rows.append({"batch": batch_size, "seconds": time.perf_counter() - started, "ids": ours})
     return {"rows": rows, "pad": pad, "peak_rss_gb": peak_rss_gb()}
 
