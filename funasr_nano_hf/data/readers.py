@@ -109,6 +109,8 @@ def detect_format(path: str | Path) -> str:
 
 
 def _resolve(base: Path, audio: str) -> str:
+    if audio.startswith("/") and "//" not in audio and "/./" not in audio and not audio.endswith(("/", "/.")):
+        return audio  # absolute and already as `Path` would spell it: no parsing (per line of a large manifest)
     try:
         candidate = Path(audio).expanduser()
         return str(candidate if candidate.is_absolute() else (base / candidate).resolve())
