@@ -114,9 +114,9 @@ class DataConfig:
     precompute_features: bool = field(
         default=False,
         metadata={
-            "help": "false: fbank computed per example in the DataLoader workers (--num_workers), only lengths and "
-            "token ids cached; true: every feature computed once into the datasets cache (~140 MB per audio hour; "
-            "small sets, --cache_frozen_audio)"
+            "help": "false: fbank and token ids computed per example in the DataLoader workers (--num_workers), "
+            "only records and lengths cached (~0.5 MB per audio hour); true: every feature computed once into the "
+            "datasets cache (~140 MB per audio hour; small sets, --cache_frozen_audio)"
         },
     )
     dither: float = field(
@@ -432,7 +432,7 @@ def perturbed_ids(
     processor: Any, augmentation: Augmentation | None, epoch: int, index: int, example: dict[str, Any], frames: int
 ) -> dict[str, Any]:
     """The prompt/label ids of a speed-perturbed example, rebuilt for its `frames` LFR frames (its audio-token
-    count changes with its length); {} when its speed is 1 this epoch (the cached ids stand). Batching keeps the
+    count changes with its length); {} when its speed is 1 this epoch (the example's ids stand). Batching keeps the
     unperturbed lengths, as FunASR's sampler does (it batches on the manifest's lengths)."""
     if augmentation is None or not augmentation.changes_ids or augmentation.speed(epoch, index) == 1.0:
         return {}
