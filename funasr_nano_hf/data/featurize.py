@@ -42,6 +42,7 @@ from typing import Any, ClassVar
 import datasets
 import numpy as np
 import torch
+from torch.utils.data import get_worker_info
 
 from ..errors import AudioError, DataError
 from ..models import prompting
@@ -304,6 +305,13 @@ class TrainingIds:
 _TRAINING_IDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+def single_threaded_tokenizer() -> None:
+    """In a forked worker: no tokenizer thread pool. A child inherits the parent's pool broken, and with
+    TOKENIZERS_PARALLELISM=true (which stops `tokenizers` from switching it off after a fork) the first batched
+    tokenizer call hangs; the workers tokenise a batch of transcripts at a time, a pool gains nothing there."""
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+
 def training_ids(processor: Any) -> TrainingIds:
     """The processor's `TrainingIds` (one per processor and process: its prompts are encoded once)."""
     if processor not in _TRAINING_IDS:
@@ -322,6 +330,7 @@ def _prepare_lengths(
     and `note` per row (unreadable audio, refused transcript; resampled/downmixed)."""
     if worker:
         torch.set_num_threads(1)  # forked map workers: no inherited OpenMP pool (libgomp is not fork-safe)
+        single_threaded_tokenizer()
     out: dict[str, list] = {k: [] for k in (*LENGTH_COLUMNS, "error", "note")}
     extractor = processor.feature_extractor
     special = special_tokens_of(processor.tokenizer) | {processor.audio_token}
@@ -364,6 +373,8 @@ def _prepare_lengths(
 def _prepare_batch(batch: dict[str, list], indices: list[int], processor: Any, worker: bool = False) -> dict[str, list]:
     """`_prepare_lengths` plus the prompt/label ids (`input_ids`, `labels`; [] where the audio is unreadable):
     every column an example needs but its features (the streaming path's examples)."""
+    if get_worker_info() is not None:  # the streaming path prepares its examples in the DataLoader workers
+        single_threaded_tokenizer()
     out = _prepare_lengths(batch, indices, processor, worker)
     out["input_ids"], out["labels"] = [[] for _ in indices], [[] for _ in indices]
     good = [row for row, error in enumerate(out["error"]) if not error]
@@ -493,6 +504,8 @@ class FeatureTransform:
         features, bad = [], []
         ids = {name: list(batch[name]) for name in ("input_ids", "labels", "prompt_length") if name in batch}
         if "input_ids" not in ids:
+            if get_worker_info() is not None:
+                single_threaded_tokenizer()
             ids.update(_ids_of(batch, self.processor))
         for row, (audio, data, num_samples, index, source, key) in enumerate(
             zip(batch["audio"], _bytes(batch), batch["num_samples"], batch["index"], batch["source"], batch["key"])
