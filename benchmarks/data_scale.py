@@ -38,8 +38,9 @@ LFR_SECONDS = 0.06  # one LFR frame (6 x 10 ms fbank frames)
 SPEECH_SPAN = re.compile(r"<\|startofspeech\|>!(.*?)<\|endofspeech\|>")
 
 
-def synthetic_manifest(shared: Path, size: int, dest: Path) -> tuple[Path, float]:
-    """`size` ChatML lines over the shared training clips (absolute paths, distinct keys); (path, audio hours)."""
+def synthetic_manifest(shared: Path, size: int, dest: Path) -> tuple[Path, float, int]:
+    """`size` ChatML lines over the shared training clips (absolute paths, distinct keys); (path, audio hours,
+    audio bytes as if every line had its own file)."""
     tts = shared / "data" / "tts"
     rows = [json.loads(line) for line in (tts / "train_chatml.jsonl").read_text(encoding="utf-8").splitlines()]
     for row in rows:
@@ -47,14 +48,16 @@ def synthetic_manifest(shared: Path, size: int, dest: Path) -> tuple[Path, float
         wav = SPEECH_SPAN.search(user["content"])[1]
         user["content"] = user["content"].replace(wav, str((tts / wav).resolve()))
         row["_stem"] = Path(wav).stem
-    frames = 0
+        row["_bytes"] = (tts / wav).stat().st_size
+    frames = audio_bytes = 0
     with dest.open("w", encoding="utf-8") as out:
         for i in range(size):
             row = dict(rows[i % len(rows)])
             row["key"] = f"{row.pop('_stem')}_{i:07d}"
+            audio_bytes += row.pop("_bytes")
             frames += row["speech_length"]
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return dest, frames / 100 / 3600
+    return dest, frames / 100 / 3600, audio_bytes
 
 
 def _folder_bytes(folder: Path) -> int:
@@ -168,7 +171,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     parser.add_argument("--batches", type=int, default=50, help="batches timed after the first")
     parser.add_argument("--batch_size", type=int, default=6000, help="token budget per batch (FunASR's meaning)")
-    parser.add_argument("--num_proc", type=int, default=1, help="ours: processes for the cached length/token map")
+    parser.add_argument(
+        "--num_proc",
+        type=int,
+        help="ours: processes for the cached length/token map (--feature_num_proc); default: the loader's worker "
+        "count (at least 1), as a run with --num_workers W would set it",
+    )
     parser.add_argument("--shared", default=os.environ.get("FUNASR_NANO_HF_SHARED", "/work/shared"))
     parser.add_argument("--model_dir", help="an original-layout model folder (default: a tiny one, built)")
     parser.add_argument("--side", choices=["ours", "funasr"], help=argparse.SUPPRESS)
@@ -178,13 +186,17 @@ def main() -> None:
     args = parser.parse_args()
     if args.side:
         args.workers = args.workers[0]
+        args.num_proc = max(args.workers, 1) if args.num_proc is None else args.num_proc
         _side(args)
         return
     work = Path(tempfile.mkdtemp(prefix="data_scale_"))
     try:
-        manifest, hours = synthetic_manifest(Path(args.shared), args.size, work / "manifest.jsonl")
+        manifest, hours, audio_bytes = synthetic_manifest(Path(args.shared), args.size, work / "manifest.jsonl")
         model_dir = args.model_dir or str(_tiny_model_dir(work))
-        print(f"manifest: {args.size} utterances, {hours:.1f} h of audio (clips shared), {os.cpu_count()} CPU cores")
+        print(
+            f"manifest: {args.size} utterances, {hours:.1f} h of audio ({audio_bytes / 1e9:.2f} GB counted once per "
+            f"utterance; clips shared), {os.cpu_count()} CPU cores"
+        )
         rows = []
         for side in ("ours", "funasr"):
             for workers in args.workers:
@@ -192,7 +204,7 @@ def main() -> None:
                 command = [sys.executable, __file__, "--side", side, "--workers", str(workers), "--manifest",
                            str(manifest), "--work", str(work), "--result", str(result_path), "--model_dir",
                            str(model_dir), "--batches", str(args.batches), "--batch_size", str(args.batch_size),
-                           "--num_proc", str(args.num_proc)]  # fmt: skip
+                           *(["--num_proc", str(args.num_proc)] if args.num_proc is not None else [])]  # fmt: skip
                 done = subprocess.run(command, capture_output=True, text=True)
                 if done.returncode:
                     raise SystemExit(f"{side} with {workers} workers failed:\n{done.stderr[-4000:]}")
@@ -208,6 +220,10 @@ def main() -> None:
                 f"| {name} | {workers} | {r['first_batch_s']:.1f} | {r['disk_mb']:.1f} | "
                 f"{r['rss_mb']:.0f} / {r['worker_rss_mb']:.0f} | {r['throughput']:.0f} | {r['batches']} |"
             )
+        for side, workers, r in rows:
+            if side == "ours":
+                share = r["disk_mb"] * 2**20 / audio_bytes * 100
+                print(f"ours, {workers} workers: disk added {r['disk_mb']:.1f} MB = {share:.2f} % of the audio")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -1,13 +1,17 @@
 """Manifests -> `datasets.Dataset` of training examples: cheap parts cached by datasets, features on the fly.
 
 1. Every manifest is read and validated by `readers.read_manifest` (file:line problems, nothing silently
-   dropped); the canonical records go to one JSONL file named by their content hash, which
-   `datasets.load_dataset("json")` loads (the same path for JSONL, ChatML, source/target and Kaldi scp).
-2. `prepare` (`Dataset.map`, batched, `num_proc`, cached) computes what is cheap and worth keeping: lengths --
-   the manifest's `speech_length` (FunASR's `source_len` part) when present, else FunASR's formula on the
-   audio header (soundfile `info`: no decoding) -- and `input_ids`/`labels` with exactly FunASR's training prompt
-   (`FunAsrNanoHfProcessor.build_training_ids`, audio-token count from the header's sample count). A second run
-   of the same config is a cache hit: no audio is touched.
+   dropped); the canonical records go to one gzipped JSONL file named by their content hash, which
+   `datasets.load_dataset("json")` loads (decompressed on the fly; the same path for JSONL, ChatML,
+   source/target and Kaldi scp).
+2. `prepare` (`Dataset.map`, batched, `num_proc`, cached) computes what is cheap and worth keeping, and only
+   that (the map writes its new columns alone, joined to the records with `concatenate_datasets(axis=1)`, so
+   the records are not stored twice): lengths -- the manifest's `speech_length` (FunASR's `source_len` part)
+   when present, else FunASR's formula on the audio header (soundfile `info`: no decoding) -- and the token
+   counts of FunASR's training prompt (`prompt_length`, `num_tokens`). The ids themselves (`TrainingIds`, equal
+   to `FunAsrNanoHfProcessor.build_training_ids`, audio-token count from the header's sample count) are built
+   with the features: on the fly in the transform (microseconds per example), or cached with the precomputed
+   features. A second run of the same config is a cache hit: no audio is touched.
 3. Length filters drop examples by reason, counted and reported in a `DataReport` (the same report as
    `funasr-nano-hf check-data`). They compare what FunASR's Nano dataset compares, in its units
    (`DataConfig`): fbank frames (10 ms) and text tokens, as the `speech_length` / `text_length` FunASR's
@@ -23,12 +27,14 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import logging
 import os
 import socket
 import uuid
+import weakref
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -36,8 +42,11 @@ from typing import Any, ClassVar
 import datasets
 import numpy as np
 import torch
+from torch.utils.data import get_worker_info
 
 from ..errors import AudioError, DataError
+from ..models import prompting
+from ..models.processing_funasr_nano import audio_token_count
 from .audio import audio_header, fbank_frames, kaldi_frames, load_audio
 from .augmentation import (
     SPECAUG_STREAM,
@@ -56,7 +65,7 @@ from .report import DataReport
 
 logger = logging.getLogger(__name__)
 
-FEATURIZE_VERSION = "5"  # bump when what the featurization writes changes (5: header lengths, quality checks)
+FEATURIZE_VERSION = "6"  # bump when what the featurization writes changes (6: lengths only, ids on the fly)
 FRAMES_PER_SECOND = 100  # 10 ms fbank frames
 BATCH_TYPES = ("example", "length", "token")
 # FunASR's defaults for an unset `max_token_length`: the Nano dataset's (LLM tokens per example) and the
@@ -106,9 +115,9 @@ class DataConfig:
     precompute_features: bool = field(
         default=False,
         metadata={
-            "help": "false: fbank computed per example in the DataLoader workers (--num_workers), only lengths and "
-            "token ids cached; true: every feature computed once into the datasets cache (~140 MB per audio hour; "
-            "small sets, --cache_frozen_audio)"
+            "help": "false: fbank and token ids computed per example in the DataLoader workers (--num_workers), "
+            "only records and lengths cached (~0.5 MB per audio hour); true: every feature computed once into the "
+            "datasets cache (~140 MB per audio hour; small sets, --cache_frozen_audio)"
         },
     )
     dither: float = field(
@@ -217,13 +226,14 @@ def load_records(
         raise DataError("bad training data (on_bad_data='stop'):\n" + report.format(MAX_PROBLEMS_SHOWN))
     if not records:
         raise DataError("no usable records in " + ", ".join(manifests) + "\n" + report.format(MAX_PROBLEMS_SHOWN))
-    payload = "\n".join(json.dumps(r, ensure_ascii=False, sort_keys=True) for r in records) + "\n"
-    path = _cache_root(config) / "manifests" / f"{hashlib.sha256(payload.encode()).hexdigest()[:20]}.jsonl"
+    payload = ("\n".join(json.dumps(r, ensure_ascii=False, sort_keys=True) for r in records) + "\n").encode()
+    # gzipped: the records' text is also in the Arrow table load_dataset builds; this copy only names the cache
+    path = _cache_root(config) / "manifests" / f"{hashlib.sha256(payload).hexdigest()[:20]}.jsonl.gz"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         # a unique staging name per process: several ranks/nodes on one shared filesystem may write it at once
         tmp = path.with_name(f"{path.name}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-        tmp.write_text(payload, encoding="utf-8")
+        tmp.write_bytes(gzip.compress(payload, compresslevel=6, mtime=0))
         tmp.replace(path)
     dataset = datasets.load_dataset(
         "json", data_files=str(path), split="train", cache_dir=str(_cache_root(config) / "datasets")
@@ -231,17 +241,102 @@ def load_records(
     return dataset, report
 
 
-def _prepare_batch(batch: dict[str, list], indices: list[int], processor: Any, worker: bool = False) -> dict[str, list]:
+class TrainingIds:
+    """`processor.build_training_ids` for many examples at once, equal to it id for id: the transcripts in one
+    batched call of the fast tokenizer, each instruction's prompt encoded once with ONE audio placeholder and
+    expanded (the placeholder is an added token, which the tokenizer splits on before anything else, so N of
+    them encode as N copies of its id). A prompt that does not encode so, or a clip with no audio token, goes
+    through the processor itself."""
+
+    def __init__(self, processor: Any):
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.audio_id = self.tokenizer.convert_tokens_to_ids(processor.audio_token)
+        self.end = self.tokenizer.encode(prompting.target_text(""), add_special_tokens=False)
+        self.prompts: dict[str | None, tuple[list[int], list[int]] | None] = {}
+
+    def _prompt(self, instruction: str | None) -> tuple[list[int], list[int]] | None:
+        """(ids before, ids after) the audio placeholder of `instruction`'s prompt; None: no single placeholder."""
+        key = instruction or None
+        if key not in self.prompts:
+            text = self.processor.transcription_prompt(instruction=instruction or prompting.instruction())
+            ids = self.tokenizer.encode(text, add_special_tokens=False)
+            at = [i for i, token in enumerate(ids) if token == self.audio_id]
+            self.prompts[key] = (ids[: at[0]], ids[at[0] + 1 :]) if len(at) == 1 else None
+        return self.prompts[key]
+
+    def _audio_tokens(self, frames: int) -> int:
+        return int(audio_token_count(int(frames), self.processor.audio_token_rule))
+
+    def targets(self, texts: list[str]) -> list[list[int]]:
+        """Transcript + `<|im_end|>` ids (special tokens typed in a transcript stay text, as in the processor)."""
+        if not texts:
+            return []
+        encoded = self.tokenizer(list(texts), add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        return [list(ids) + self.end for ids in encoded]
+
+    def lengths(self, texts: list[str], instructions: list[str | None], frames: list[int]) -> tuple[list, list]:
+        """(prompt_length, num_tokens) per example, `frames` its LFR frames: what batching and filters need."""
+        prompts, tokens = [], []
+        for target, instruction, n_frames in zip(self.targets(texts), instructions, frames):
+            parts, count = self._prompt(instruction), self._audio_tokens(n_frames)
+            if parts is None or count == 0:
+                prompts.append(self.processor.build_training_ids(n_frames, "", instruction)["prompt_length"])
+            else:
+                prompts.append(len(parts[0]) + count + len(parts[1]))
+            tokens.append(len(target))
+        return prompts, tokens
+
+    def build(self, texts: list[str], instructions: list[str | None], frames: list[int]) -> list[dict[str, Any]]:
+        """`build_training_ids(frames, text, instruction)` per example: input_ids, labels, prompt_length."""
+        out = []
+        for text, target, instruction, n_frames in zip(texts, self.targets(texts), instructions, frames):
+            parts, count = self._prompt(instruction), self._audio_tokens(n_frames)
+            if parts is None or count == 0:
+                out.append(self.processor.build_training_ids(n_frames, text, instruction))
+                continue
+            source = parts[0] + [self.audio_id] * count + parts[1]
+            out.append(
+                {"input_ids": source + target, "labels": [-100] * len(source) + target, "prompt_length": len(source)}
+            )
+        return out
+
+
+_TRAINING_IDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def single_threaded_tokenizer() -> None:
+    """In a forked worker: no tokenizer thread pool. A child inherits the parent's pool broken, and with
+    TOKENIZERS_PARALLELISM=true (which stops `tokenizers` from switching it off after a fork) the first batched
+    tokenizer call hangs; the workers tokenise a batch of transcripts at a time, a pool gains nothing there."""
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+
+def training_ids(processor: Any) -> TrainingIds:
+    """The processor's `TrainingIds` (one per processor and process: its prompts are encoded once)."""
+    if processor not in _TRAINING_IDS:
+        _TRAINING_IDS[processor] = TrainingIds(processor)
+    return _TRAINING_IDS[processor]
+
+
+LENGTH_COLUMNS = ("index", "num_samples", "num_frames", "prompt_length", "num_tokens")
+
+
+def _prepare_lengths(
+    batch: dict[str, list], indices: list[int], processor: Any, worker: bool = False
+) -> dict[str, list]:
     """The cheap, cached part of an example: lengths from the manifest or the audio header (no decoding) and the
-    prompt/label ids, whose audio-token count follows from the header's sample count."""
+    prompt/transcript token counts, whose audio-token count follows from the header's sample count; `error`
+    and `note` per row (unreadable audio, refused transcript; resampled/downmixed)."""
     if worker:
         torch.set_num_threads(1)  # forked map workers: no inherited OpenMP pool (libgomp is not fork-safe)
-    columns = ("index", "num_samples", "num_frames", "input_ids", "labels", "prompt_length", "num_tokens")
-    out: dict[str, list] = {k: [] for k in (*columns, "error", "note")}
+        single_threaded_tokenizer()
+    out: dict[str, list] = {k: [] for k in (*LENGTH_COLUMNS, "error", "note")}
     extractor = processor.feature_extractor
     special = special_tokens_of(processor.tokenizer) | {processor.audio_token}
-    rows = zip(indices, batch["audio"], _bytes(batch), batch["text"], batch["instruction"], batch["speech_length"])
-    for index, audio, data, text, instruction, speech_length in rows:
+    good: list[int] = []  # rows whose header was read: their token counts are computed in one batch
+    rows = zip(indices, batch["audio"], _bytes(batch), batch["text"], batch["speech_length"])
+    for row, (index, audio, data, text, speech_length) in enumerate(rows):
         try:
             check_transcript(audio, text, special)  # special tokens: refused, never control tokens
             info = audio_header(audio, target_sr=extractor.sampling_rate, data=data)
@@ -253,22 +348,50 @@ def _prepare_batch(batch: dict[str, list], indices: list[int], processor: Any, w
         out["error"].append(error)
         if info is None:
             out["note"].append("")
-            for name in columns[1:]:
-                out[name].append([] if name in ("input_ids", "labels") else 0)
+            for name in LENGTH_COLUMNS[1:]:
+                out[name].append(0)
             continue
+        good.append(row)
         notes = [f"resampled from {info.original_sr} Hz"] * info.resampled
         notes += [f"downmixed {info.channels} channels"] * info.downmixed
         out["note"].append("; ".join(notes))
-        ids = processor.build_training_ids(lfr_frames(info.num_samples, extractor), text, instruction)
         out["num_samples"].append(info.num_samples)
         # FunASR batches and filters on the manifest's speech_length; without one, its formula on the header
         manifest = isinstance(speech_length, int) and not isinstance(speech_length, bool) and speech_length > 0
         out["num_frames"].append(speech_length if manifest else fbank_frames(info.num_samples))
-        out["input_ids"].append(ids["input_ids"])
-        out["labels"].append(ids["labels"])
-        out["prompt_length"].append(ids["prompt_length"])
-        out["num_tokens"].append(len(ids["input_ids"]) - ids["prompt_length"])
+        out["prompt_length"].append(0)  # set below, for the whole batch at once
+        out["num_tokens"].append(0)
+    frames = [lfr_frames(out["num_samples"][row], extractor) for row in good]
+    prompts, tokens = training_ids(processor).lengths(
+        [batch["text"][row] for row in good], [batch["instruction"][row] for row in good], frames
+    )
+    for row, prompt, count in zip(good, prompts, tokens):
+        out["prompt_length"][row], out["num_tokens"][row] = prompt, count
     return out
+
+
+def _prepare_batch(batch: dict[str, list], indices: list[int], processor: Any, worker: bool = False) -> dict[str, list]:
+    """`_prepare_lengths` plus the prompt/label ids (`input_ids`, `labels`; [] where the audio is unreadable):
+    every column an example needs but its features (the streaming path's examples)."""
+    if get_worker_info() is not None:  # the streaming path prepares its examples in the DataLoader workers
+        single_threaded_tokenizer()
+    out = _prepare_lengths(batch, indices, processor, worker)
+    out["input_ids"], out["labels"] = [[] for _ in indices], [[] for _ in indices]
+    good = [row for row, error in enumerate(out["error"]) if not error]
+    frames = [lfr_frames(out["num_samples"][row], processor.feature_extractor) for row in good]
+    built = training_ids(processor).build(
+        [batch["text"][row] for row in good], [batch["instruction"][row] for row in good], frames
+    )
+    for row, ids in zip(good, built):
+        out["input_ids"][row], out["labels"][row] = ids["input_ids"], ids["labels"]
+    return out
+
+
+def _prepare_columns(*args: Any, names: list[str], processor: Any, worker: bool = False) -> dict[str, list]:
+    """`_prepare_lengths` for `Dataset.map(input_columns=names, with_indices=True)`: only the columns it reads
+    are converted from Arrow."""
+    *columns, indices = args
+    return _prepare_lengths(dict(zip(names, columns)), indices, processor, worker)
 
 
 def _bytes(batch: dict[str, list]) -> list[bytes | None]:
@@ -320,7 +443,7 @@ def perturbed_ids(
     processor: Any, augmentation: Augmentation | None, epoch: int, index: int, example: dict[str, Any], frames: int
 ) -> dict[str, Any]:
     """The prompt/label ids of a speed-perturbed example, rebuilt for its `frames` LFR frames (its audio-token
-    count changes with its length); {} when its speed is 1 this epoch (the cached ids stand). Batching keeps the
+    count changes with its length); {} when its speed is 1 this epoch (the example's ids stand). Batching keeps the
     unperturbed lengths, as FunASR's sampler does (it batches on the manifest's lengths)."""
     if augmentation is None or not augmentation.changes_ids or augmentation.speed(epoch, index) == 1.0:
         return {}
@@ -328,12 +451,13 @@ def perturbed_ids(
 
 
 def _features_batch(batch: dict[str, list], processor: Any, worker: bool = False) -> dict[str, list]:
-    """Precomputed mode: `example_features` for a batch, errors recorded per row (counted afterwards)."""
+    """Precomputed mode: `example_features` for a batch and the prompt/label ids (cached with them), errors
+    recorded per row (counted afterwards)."""
     if worker:
         torch.set_num_threads(1)
     extractor = processor.feature_extractor
     empty = np.zeros((0, extractor.feature_size * extractor.num_frames_lfr), dtype=np.float32)
-    out: dict[str, list] = {"input_features": [], "error": [], "warning": []}
+    out: dict[str, list] = {"input_features": [], "error": [], "warning": [], **_ids_of(batch, processor)}
     for audio, data, num_samples in zip(batch["audio"], _bytes(batch), batch["num_samples"]):
         warnings: list[str] = []
         try:
@@ -346,9 +470,18 @@ def _features_batch(batch: dict[str, list], processor: Any, worker: bool = False
     return out
 
 
+def _ids_of(batch: dict[str, list], processor: Any) -> dict[str, list]:
+    """`input_ids` and `labels` of a batch of prepared rows (`TrainingIds`, from their header's sample count)."""
+    extractor = processor.feature_extractor
+    frames = [lfr_frames(n, extractor) for n in batch["num_samples"]]
+    built = training_ids(processor).build(list(batch["text"]), list(batch["instruction"]), frames)
+    return {"input_ids": [ids["input_ids"] for ids in built], "labels": [ids["labels"] for ids in built]}
+
+
 class FeatureTransform:
     """On-the-fly mode's `Dataset.with_transform`: features computed when a row is read, i.e. in the DataLoader
-    workers (`--num_workers` parallelises it). Training applies `augmentation` (seeded per example and epoch,
+    workers (`--num_workers` parallelises it), with the prompt/label ids (not cached: building them is microseconds,
+    storing them is most of the cache). Training applies `augmentation` (seeded per example and epoch,
     `set_epoch`). Unloadable audio: `on_bad_data` "stop" raises `DataError` naming the example; "skip" marks the
     row (`BAD_FIELD`), which the collator drops and the trainer counts."""
 
@@ -370,6 +503,10 @@ class FeatureTransform:
         empty = np.zeros((0, extractor.feature_size * extractor.num_frames_lfr), dtype=np.float32)
         features, bad = [], []
         ids = {name: list(batch[name]) for name in ("input_ids", "labels", "prompt_length") if name in batch}
+        if "input_ids" not in ids:
+            if get_worker_info() is not None:
+                single_threaded_tokenizer()
+            ids.update(_ids_of(batch, self.processor))
         for row, (audio, data, num_samples, index, source, key) in enumerate(
             zip(batch["audio"], _bytes(batch), batch["num_samples"], batch["index"], batch["source"], batch["key"])
         ):
@@ -430,10 +567,22 @@ def plain(dataset: datasets.Dataset) -> datasets.Dataset:
     return dataset.with_format(None) if dataset.format["type"] is not None else dataset
 
 
+def columns(dataset: datasets.Dataset, *names: str) -> dict[str, np.ndarray]:
+    """Whole stored columns as numpy arrays, read from Arrow in one piece (`dataset[name]` formats row by row,
+    seconds per 100 000 rows), without the dataset's format or transform."""
+    table = dataset.with_format("arrow", columns=list(names))[:]
+    return {name: table.column(name).to_numpy(zero_copy_only=False) for name in names}
+
+
+def text_lengths(num_tokens: np.ndarray) -> np.ndarray:
+    """`text_length` of a whole column."""
+    return np.maximum(np.asarray(num_tokens, dtype=np.int64) - 1, 0)
+
+
 def source_lengths(dataset: datasets.Dataset) -> list[int]:
     """FunASR's `source_len` per example, fbank frames + text tokens: what its length/token batching budgets."""
-    dataset = plain(dataset)
-    return [int(f) + text_length(t) for f, t in zip(dataset["num_frames"], dataset["num_tokens"])]
+    lengths = columns(dataset, "num_frames", "num_tokens")
+    return (lengths["num_frames"].astype(np.int64) + text_lengths(lengths["num_tokens"])).tolist()
 
 
 def drop_reason(fbank_frames: int, text_tokens: int, llm_tokens: int, config: DataConfig) -> str:
@@ -461,6 +610,17 @@ def drop_reason(fbank_frames: int, text_tokens: int, llm_tokens: int, config: Da
     return ""
 
 
+def dropped(
+    fbank_frames: np.ndarray, text_tokens: np.ndarray, llm_tokens: np.ndarray, config: DataConfig
+) -> np.ndarray:
+    """Whether `drop_reason` is non-empty, for whole columns at once (the same comparisons)."""
+    out = (fbank_frames > config.max_source_length) | (fbank_frames < config.min_source_length)
+    out |= (text_tokens > config.max_target_length) | (llm_tokens > config.token_limit)
+    if config.source_limit is not None:
+        out |= fbank_frames + text_tokens > config.source_limit
+    return out
+
+
 def _fingerprint(*parts: str) -> str:
     return hashlib.sha256("-".join(parts).encode()).hexdigest()[:16]
 
@@ -471,7 +631,7 @@ def _drop_bad_rows(
     """Count and name the rows whose audio failed (`errors[i]` non-empty); stop under on_bad_data 'stop'."""
     if not any(errors):
         return list(range(len(dataset)))
-    sources = dataset["source"]
+    sources = columns(dataset, "source")["source"]
     report.problems += [Problem(source, "audio", error) for source, error in zip(sources, errors) if error]
     # the quality checks' own reasons (silence, NaN/inf, special tokens ...), else the caller's
     labels = [drop_label(error) for error in errors if error]
@@ -481,51 +641,59 @@ def _drop_bad_rows(
     return [i for i, error in enumerate(errors) if not error]
 
 
-def prepare(
-    dataset: datasets.Dataset, processor: Any, config: DataConfig, report: DataReport | None = None
-) -> tuple[datasets.Dataset, DataReport]:
-    """Records -> lengths + prompt/label ids (cached; audio headers only, nothing decoded), then the length
-    filters (counted by reason)."""
-    report = report or DataReport(read=len(dataset))
-    columns = {
+def _prepared_columns(dataset: datasets.Dataset, processor: Any, config: DataConfig) -> datasets.Dataset:
+    """`_prepare_lengths` over the records (cached; only the new columns are written), joined to them."""
+    columns_ = {
         "index": datasets.Value("int64"),
         "num_samples": datasets.Value("int64"),
         "num_frames": datasets.Value("int32"),
-        "input_ids": datasets.List(datasets.Value("int32")),
-        "labels": datasets.List(datasets.Value("int32")),
         "prompt_length": datasets.Value("int32"),
         "num_tokens": datasets.Value("int32"),
         "error": datasets.Value("string"),
         "note": datasets.Value("string"),
     }
-    prepared = dataset.map(
-        _prepare_batch,
-        features=datasets.Features({**dataset.features, **columns}),
+    names = [n for n in ("audio", "audio_bytes", "text", "instruction", "speech_length") if n in dataset.column_names]
+    lengths = dataset.map(
+        _prepare_columns,
+        features=datasets.Features(columns_),
         batched=True,
-        batch_size=256,
+        batch_size=1024,
         with_indices=True,
+        input_columns=names,
+        remove_columns=dataset.column_names,
         num_proc=config.num_proc if config.num_proc > 1 else None,
-        fn_kwargs={"processor": processor, "worker": config.num_proc > 1},
-        new_fingerprint=_fingerprint(dataset._fingerprint, _processor_fingerprint(processor), "prepare"),
-        desc="reading audio headers and tokenizing",
+        fn_kwargs={"names": names, "processor": processor, "worker": config.num_proc > 1},
+        new_fingerprint=_fingerprint(dataset._fingerprint, _processor_fingerprint(processor), "lengths"),
+        desc="reading audio headers and counting tokens",
     )
-    errors, frames, tokens = prepared["error"], prepared["num_frames"], prepared["num_tokens"]
-    prompts = prepared["prompt_length"]
-    keep = set(_drop_bad_rows(prepared, errors, "unreadable audio", report, config))
-    notes = prepared["note"]
+    return datasets.concatenate_datasets([dataset, lengths], axis=1)
+
+
+def prepare(
+    dataset: datasets.Dataset, processor: Any, config: DataConfig, report: DataReport | None = None
+) -> tuple[datasets.Dataset, DataReport]:
+    """Records -> lengths + prompt/transcript token counts (cached; audio headers only, nothing decoded), then
+    the length filters (counted by reason)."""
+    report = report or DataReport(read=len(dataset))
+    prepared = _prepared_columns(dataset, processor, config)
+    stored = columns(prepared, "error", "note", "num_frames", "num_tokens", "prompt_length")
+    errors = stored["error"].tolist()
+    keep = np.zeros(len(prepared), dtype=bool)
+    keep[_drop_bad_rows(prepared, errors, "unreadable audio", report, config)] = True
+    notes = stored["note"]
     if any(notes):
-        sources = prepared["source"]
+        sources = columns(prepared, "source")["source"]
         report.problems += [Problem(source, "audio", note, "warning") for source, note in zip(sources, notes) if note]
-    # Reasons are computed once (vectorised over columns) so that every dropped row is counted.
-    reasons = [
-        drop_reason(n_frames, text_length(n_tokens), n_prompt + n_tokens, config) if i in keep else ""
-        for i, (n_frames, n_tokens, n_prompt) in enumerate(zip(frames, tokens, prompts))
-    ]
-    report.dropped.update(reason for reason in reasons if reason)
-    for i, (n_frames, n_tokens) in enumerate(zip(frames, tokens)):
-        if i in keep:  # every readable clip, kept or not (as check-data measures them)
-            report.measure(n_frames / FRAMES_PER_SECOND, text_length(n_tokens))
-    kept = [i for i, reason in enumerate(reasons) if i in keep and not reason]
+    frames = stored["num_frames"].astype(np.int64)
+    texts = text_lengths(stored["num_tokens"])
+    llm = stored["prompt_length"].astype(np.int64) + stored["num_tokens"]
+    # Every dropped row is counted by its reason (`drop_reason`, asked only for the rows that fail).
+    failing = dropped(frames, texts, llm, config) & keep
+    reasons = {int(i): drop_reason(int(frames[i]), int(texts[i]), int(llm[i]), config) for i in np.flatnonzero(failing)}
+    report.dropped.update(reasons.values())
+    for seconds, label in zip((frames[keep] / FRAMES_PER_SECOND).tolist(), texts[keep].tolist()):
+        report.measure(seconds, label)  # every readable clip, kept or not (as check-data measures them)
+    kept = np.flatnonzero(keep & ~failing).tolist()
     result = prepared.select(kept) if len(kept) < len(prepared) else prepared
     report.usable = len(result)
     return result.remove_columns(["error", "note"]), report
@@ -540,6 +708,8 @@ def precompute(dataset: datasets.Dataset, processor: Any, config: DataConfig, re
             {
                 **dataset.features,
                 "input_features": datasets.List(datasets.List(datasets.Value("float32"))),
+                "input_ids": datasets.List(datasets.Value("int32")),
+                "labels": datasets.List(datasets.Value("int32")),
                 "error": datasets.Value("string"),
                 "warning": datasets.Value("string"),
             }
@@ -551,11 +721,12 @@ def precompute(dataset: datasets.Dataset, processor: Any, config: DataConfig, re
         new_fingerprint=_fingerprint(dataset._fingerprint, _processor_fingerprint(processor), "features"),
         desc="featurizing audio",
     )
-    warnings = featurized["warning"]
+    stored = columns(featurized, "warning", "error")
+    warnings = stored["warning"]
     if any(warnings):  # the quality checks' warnings (near-silence, clipping), counted with the records
-        sources = featurized["source"]
+        sources = columns(featurized, "source")["source"]
         report.problems += [Problem(s, "audio", w, "warning") for s, w in zip(sources, warnings) if w]
-    keep = _drop_bad_rows(featurized, featurized["error"], "audio does not match its header", report, config)
+    keep = _drop_bad_rows(featurized, stored["error"].tolist(), "audio does not match its header", report, config)
     result = featurized.select(keep) if len(keep) < len(featurized) else featurized
     report.usable = len(result)
     result = result.remove_columns(["error", "warning"])

@@ -7,10 +7,20 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import soundfile as sf
 
-from funasr_nano_hf.data.featurize import DataConfig, build_dataset, plain, source_lengths, text_length
+from funasr_nano_hf.data.featurize import (
+    DataConfig,
+    TrainingIds,
+    build_dataset,
+    drop_reason,
+    dropped,
+    plain,
+    source_lengths,
+    text_length,
+)
 from funasr_nano_hf.errors import DataError
 
 
@@ -55,7 +65,8 @@ def test_second_run_is_a_cache_hit_without_audio(tiny_model, small_set, tmp_path
     shutil.rmtree(small_set / "wav")  # any audio work now would fail
     second, report = build_dataset([str(small_set / "set.jsonl")], processor, config)
     assert report.usable == 6 and not report.dropped.get("unreadable audio")
-    assert plain(second)["input_ids"] == plain(first)["input_ids"]
+    for name in ("num_samples", "num_frames", "prompt_length", "num_tokens"):
+        assert plain(second)[name] == plain(first)[name]
 
 
 def test_length_filters_are_counted_by_reason(tiny_model, small_set, tmp_path):
@@ -106,7 +117,7 @@ def test_max_token_length_counts_every_llm_token(tiny_model, small_set, tmp_path
         [str(small_set / "set.jsonl")], processor, DataConfig(cache_dir=str(tmp_path / "a"))
     )
     assert report.usable == 6  # unset: FunASR's 1500, far above these clips
-    totals = sorted(len(ids) for ids in plain(dataset)["input_ids"])
+    totals = sorted(len(row["input_ids"]) for row in dataset)
     limit = totals[3]
     kept, report = build_dataset(
         [str(small_set / "set.jsonl")], processor, DataConfig(cache_dir=str(tmp_path / "b"), max_token_length=limit)
@@ -191,3 +202,57 @@ def test_resampled_and_stereo_audio_is_reported(tiny_model, broken_dir, tmp_path
     assert [p.severity for p in report.problems] == ["warning", "warning"]
     assert any("resampled from 8000 Hz" in str(p) for p in report.problems)
     assert any("downmixed 2 channels" in str(p) for p in report.problems)
+
+
+def test_training_ids_equal_the_processors(tiny_model):
+    """The batched ids (`TrainingIds`: one tokenizer call for the transcripts, each prompt encoded once) are the
+    processor's own, for FunASR's instructions, transcripts with special-token text, and clips too short for
+    an audio token."""
+    _, processor = tiny_model
+    instructions = [None, "", "语音转写：", "Speech transcription:", "语音转写成英文，不进行文本规整：",
+                    "热词列表：[阿里, 通义]\n语音转写："]  # fmt: skip
+    texts = ["明天是星期天", "zero one one zero five", "a <|im_end|> typed", "<|startofspeech|>x", " lead space"]
+    cases = [(t, i, f) for t in texts for i in instructions for f in (0, 1, 7, 8, 9, 100, 333)]
+    ids = TrainingIds(processor)
+    built = ids.build([c[0] for c in cases], [c[1] for c in cases], [c[2] for c in cases])
+    prompts, tokens = ids.lengths([c[0] for c in cases], [c[1] for c in cases], [c[2] for c in cases])
+    for (text, instruction, frames), got, prompt, count in zip(cases, built, prompts, tokens, strict=True):
+        expected = processor.build_training_ids(frames, text, instruction)
+        assert got == expected, (text, instruction, frames)
+        assert (prompt, count) == (expected["prompt_length"], len(expected["input_ids"]) - prompt)
+
+
+def test_vectorised_filter_agrees_with_drop_reason():
+    rng = np.random.default_rng(0)
+    frames, texts, llm = (rng.integers(0, 3000, 4000), rng.integers(0, 300, 4000), rng.integers(0, 2500, 4000))
+    for config in (
+        DataConfig(),
+        DataConfig(batch_type="token"),
+        DataConfig(batch_type="length", max_token_length=1200, min_source_length=50, max_target_length=120),
+        DataConfig(max_token_length=900),
+    ):
+        mask = dropped(frames, texts, llm, config)
+        expected = [bool(drop_reason(int(f), int(t), int(n), config)) for f, t, n in zip(frames, texts, llm)]
+        assert mask.tolist() == expected
+        assert 0 < mask.sum() < len(mask)
+
+
+def test_the_cache_holds_the_records_once_and_lengths_only(tiny_model, small_set, tmp_path):
+    """On the fly, the cache keeps the records (one Arrow table, a gzipped copy naming it) and the small length
+    columns: no token ids, no second copy of the records; the ids come with each example when it is read."""
+    _, processor = tiny_model
+    cache = tmp_path / "c"
+    dataset, _ = build_dataset([str(small_set / "set.jsonl")], processor, DataConfig(cache_dir=str(cache)))
+    assert "input_ids" not in plain(dataset).column_names
+    assert [p.suffixes[-2:] for p in (cache / "manifests").iterdir()] == [[".jsonl", ".gz"]]
+    tables = {}
+    for path in (cache / "datasets").rglob("*.arrow"):
+        with pa.memory_map(str(path)) as source:
+            tables[path.name] = pa.ipc.open_stream(source).schema.names
+    records = [names for name, names in tables.items() if name.endswith("-train.arrow")]
+    assert len(records) == 1 and {"audio", "text", "source"} <= set(records[0])
+    others = [names for name, names in tables.items() if not name.endswith("-train.arrow")]
+    assert others and all(set(names) <= {"index", "num_samples", "num_frames", "prompt_length", "num_tokens",
+                                         "error", "note"} for names in others)  # fmt: skip
+    row = dataset[0]
+    assert row["input_ids"] and len(row["input_ids"]) == row["prompt_length"] + row["num_tokens"]

@@ -79,6 +79,20 @@ def test_two_workers_give_the_batches_of_none_with_augmentation(tiny_model, clip
     _assert_same(_batches(dataset, processor, num_workers=0, epoch=1), _batches(dataset, processor, 2, epoch=1))
 
 
+def test_workers_tokenise_without_hanging_under_tokenizers_parallelism(tiny_model, clip_set, tmp_path, monkeypatch):
+    """The loader workers build each example's ids with the tokenizer. TOKENIZERS_PARALLELISM=true keeps the thread
+    pool a forked worker inherits from a parent that used it, broken: the workers must not use it (a hang would
+    trip the loader's timeout), and give the batches of no workers."""
+    _, processor = tiny_model
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "true")
+    dataset, _ = build_dataset([str(clip_set / "set.jsonl")], processor, DataConfig(cache_dir=str(tmp_path / "c")))
+    processor.tokenizer(["zero one two", "明天是星期天"] * 64)  # the parent's pool is used before the workers fork
+    sampler = build_batch_sampler("token", source_lengths(dataset), batch_size=2500, seed=3)
+    collator = FunAsrNanoCollator(pad_token_id=processor.tokenizer.pad_token_id)
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collator, num_workers=2, timeout=60)
+    _assert_same(list(loader), _batches(dataset, processor))
+
+
 def test_augmentation_is_training_only_and_reproducible_per_seed(tiny_model, clip_set, tmp_path):
     _, processor = tiny_model
     config = DataConfig(cache_dir=str(tmp_path / "c"))
