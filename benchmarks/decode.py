@@ -27,7 +27,6 @@ import soundfile as sf
 from perf import peak_rss_gb, write_clips
 
 from funasr_nano_hf import load_pretrained
-from funasr_nano_hf.host_memory import pin_mmap_threshold
 from funasr_nano_hf.inference import generate_ids
 from funasr_nano_hf.models import prompting
 from funasr_nano_hf.testing.funasr_checkpoint import write_original_checkpoint
@@ -46,7 +45,6 @@ def run_funasr(folder: str, paths: list[str], max_new_tokens: int) -> dict:
 
 def run_ours(folder: str, paths: list[str], max_new_tokens: int, batches: list[int]) -> dict:
     waveforms = [sf.read(p, dtype="float32")[0] for p in paths]
-    pin_mmap_threshold()  # as the CLI does
     model, processor = load_pretrained(folder)
     pad = processor.tokenizer.pad_token_id
     rows = []

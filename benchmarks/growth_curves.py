@@ -30,7 +30,6 @@ from perf import peak_rss_gb, write_clips
 from funasr_nano_hf import load_pretrained
 from funasr_nano_hf.data.collator import FunAsrNanoCollator
 from funasr_nano_hf.data.featurize import DataConfig, build_dataset
-from funasr_nano_hf.host_memory import pin_mmap_threshold
 from funasr_nano_hf.inference import generate_ids
 from funasr_nano_hf.testing.funasr_checkpoint import write_original_checkpoint
 from funasr_nano_hf.training.arguments import ModelArguments
@@ -111,7 +110,6 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--png", default="growth_curves.png")
     args = parser.parse_args()
-    pin_mmap_threshold()  # as examples/finetune.py and the CLI do
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)

@@ -7,7 +7,7 @@ Each variant runs in its own subprocess (peak RSS per variant); the parent print
 "a step" = forward + backward + optimizer step on the same batch; warm-up step excluded.
 
     python benchmarks/train_step.py [--size real|tiny] [--checkpoint DIR] [--steps 3] [--batch 4] [--clip-seconds S]
-                                    [--full-logits] [--unfused-adamw] [--adjusting-malloc] [--profile]
+                                    [--full-logits] [--unfused-adamw] [--pinned-malloc] [--profile]
 
 Ours also reports: achieved GFLOP/s (`perf.lora_step_flops`: counted from the model's shapes and the batch) against
 an fp32 matmul peak measured in the same process, and peak RSS after loading and after the steps.
@@ -105,21 +105,20 @@ def run_ours(
     full_logits: bool = False,
     fused: bool = True,
     profile: bool = False,
-    pin_malloc: bool = True,
+    pin_malloc: bool = False,
 ) -> dict:
     import torch
-    from perf import lora_step_flops, matmul_peak_gflops, peak_rss_gb
+    from perf import lora_step_flops, matmul_peak_gflops, peak_rss_gb, pin_mmap_threshold
 
     from funasr_nano_hf import load_pretrained
     from funasr_nano_hf.data.collator import FunAsrNanoCollator
     from funasr_nano_hf.data.featurize import DataConfig, build_dataset
-    from funasr_nano_hf.host_memory import pin_mmap_threshold
     from funasr_nano_hf.training.arguments import ModelArguments
     from funasr_nano_hf.training.frozen_cache import add_audio_embeddings
     from funasr_nano_hf.training.model_setup import prepare_model_for_finetuning
 
     if pin_malloc:
-        pin_mmap_threshold()  # as examples/finetune.py does
+        pin_mmap_threshold()
     model, processor = load_pretrained(checkpoint)
     load_rss = peak_rss_gb()
     model.labelled_logits_only = not full_logits
@@ -186,7 +185,7 @@ def main() -> None:
     )
     parser.add_argument("--profile", action="store_true", help="torch.profiler top-10 ops of one step of ours")
     parser.add_argument(
-        "--adjusting-malloc", action="store_true", help="ours without finetune.py's pinned glibc mmap threshold"
+        "--pinned-malloc", action="store_true", help="ours with glibc's mmap threshold pinned (less RSS, slower)"
     )
     parser.add_argument("--variants", default="funasr,ours,ours_cached", help="comma-separated subset to run")
     parser.add_argument("--clip-dir", default=None, help=argparse.SUPPRESS)
@@ -207,7 +206,7 @@ def main() -> None:
                 full_logits=args.full_logits,
                 fused=not args.unfused_adamw,
                 profile=args.profile,
-                pin_malloc=not args.adjusting_malloc,
+                pin_malloc=args.pinned_malloc,
             )
         result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
         print("RESULT " + json.dumps(result))
@@ -227,7 +226,7 @@ def main() -> None:
         flags += ["--clip-seconds", str(args.clip_seconds)] if args.clip_seconds is not None else []
         flags += [f for f, on in (("--full-logits", args.full_logits), ("--unfused-adamw", args.unfused_adamw)) if on]
         flags += ["--profile"] if args.profile else []
-        flags += ["--adjusting-malloc"] if args.adjusting_malloc else []
+        flags += ["--pinned-malloc"] if args.pinned_malloc else []
         for variant in args.variants.split(","):
             out = subprocess.run(
                 [sys.executable, __file__, "--variant", variant, "--checkpoint", checkpoint, "--steps", str(args.steps)]

@@ -38,7 +38,6 @@ from funasr_nano_hf.data.collator import FunAsrNanoCollator
 from funasr_nano_hf.data.featurize import MAX_PROBLEMS_SHOWN, DataConfig, build_dataset
 from funasr_nano_hf.data.streaming import StreamingBatches
 from funasr_nano_hf.errors import DiskFullError
-from funasr_nano_hf.host_memory import pin_mmap_threshold
 from funasr_nano_hf.models.processing_funasr_nano import FunAsrNanoHfProcessor
 from funasr_nano_hf.training.arguments import (
     DataArguments,
@@ -83,9 +82,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     except OptionError as err:
         raise SystemExit(f"finetune.py: error: {err}") from None
 
-    # 2. Logging: train.log from here to the last error (traceback included), on the console too; host memory:
-    # glibc returns the blocks freed activations leave (`host_memory`: ~0.9 GB less peak RSS per CPU step)
-    pin_mmap_threshold()
+    # 2. Logging: train.log from here to the last error (traceback included), on the console too
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # The output folder: locked by this run, refused when it holds another run (nothing is written before)
     out = Path(training_args.output_dir)

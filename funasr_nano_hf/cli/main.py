@@ -11,8 +11,6 @@ import argparse
 import logging
 import sys
 
-from ..host_memory import pin_mmap_threshold
-
 # `models.configuration_funasr_nano.DTYPES`' keys, spelled out: importing it loads torch, and `--help` must not.
 DTYPE_NAMES = ("bf16", "fp16", "fp32")
 DEVICE_NAMES = ("auto", "cpu", "cuda", "mps")
@@ -329,7 +327,6 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    pin_mmap_threshold()  # freed activations go back to the kernel (host_memory)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     return args.func(args)
 
