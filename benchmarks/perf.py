@@ -37,8 +37,27 @@ def pin_mmap_threshold(threshold: int = 128 * 1024) -> bool:
 
 
 def peak_rss_gb() -> float:
-    """This process's peak resident set so far (Linux ru_maxrss is in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    """This process's peak resident set since start or the last `start_peak_rss` (Linux VmHWM; ru_maxrss else)."""
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024**2
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def start_peak_rss() -> None:
+    """Start a new peak-RSS phase: free what Python and glibc hold but no longer use (so a setup phase's freed
+    memory is not counted in the next), then reset the kernel's high-water mark (Linux >= 4.0: clear_refs 5)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+    except (OSError, AttributeError):
+        pass
 
 
 def matmul_peak_gflops(n: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:

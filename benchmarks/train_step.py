@@ -3,7 +3,8 @@
 run: FunASR's own `FunASRNano` forward+backward+AdamW (its own LoRA, lora_finetune.sh freezing) vs ours
 (peft LoRA, same targets/rank), uncached and with frozen-path caching. Batch: 4 clips of 3-4 s.
 
-Each variant runs in its own subprocess (peak RSS per variant); the parent prints the table and ratios.
+Each variant runs in its own subprocess; peak RSS per phase (Linux VmHWM, reset between phases): the load, then the
+timed steps; the parent prints the table and ratios.
 "a step" = forward + backward + optimizer step on the same batch; warm-up step excluded.
 
     python benchmarks/train_step.py [--size real|tiny] [--checkpoint DIR] [--steps 3] [--rounds 1] [--batch 4]
@@ -20,7 +21,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -55,12 +55,14 @@ def _timed_steps(step, steps: int) -> list[float]:
 
 def run_funasr(checkpoint: str, clips: list[dict], steps: int) -> dict:
     import torch
+    from perf import peak_rss_gb, start_peak_rss
     from torch.nn.utils.rnn import pad_sequence
 
     from funasr_nano_hf.models import prompting
     from funasr_nano_hf.testing.funasr_reference import FunASRReference
 
     ref = FunASRReference(checkpoint)
+    load_rss = peak_rss_gb()  # FunASR's AutoModel: the model built, model.pt loaded into it
     model = ref.model
     model._apply_lora_to_llm({"lora_conf": LORA})
     for name, param in model.named_parameters():
@@ -87,6 +89,7 @@ def run_funasr(checkpoint: str, clips: list[dict], steps: int) -> dict:
         loss0 = model(**fresh())[0].item()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     model.train()
+    start_peak_rss()  # the steps' own peak, not the loss check's
 
     def step():
         loss = model(**fresh())[0]
@@ -94,7 +97,7 @@ def run_funasr(checkpoint: str, clips: list[dict], steps: int) -> dict:
         optimizer.step()
         optimizer.zero_grad()
 
-    return {"loss0": loss0, "times": _timed_steps(step, steps)}
+    return {"loss0": loss0, "times": _timed_steps(step, steps), "step_rss_gb": peak_rss_gb(), "load_rss_gb": load_rss}
 
 
 def run_ours(
@@ -108,7 +111,7 @@ def run_ours(
     pin_malloc: bool = False,
 ) -> dict:
     import torch
-    from perf import lora_step_flops, matmul_peak_gflops, peak_rss_gb, pin_mmap_threshold
+    from perf import lora_step_flops, matmul_peak_gflops, peak_rss_gb, pin_mmap_threshold, start_peak_rss
 
     from funasr_nano_hf import load_pretrained
     from funasr_nano_hf.data.collator import FunAsrNanoCollator
@@ -148,6 +151,7 @@ def run_ours(
     trained = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trained, lr=1e-4, fused=fused or None)  # fused: as examples/finetune.py
     model.train()
+    start_peak_rss()  # the steps' own peak, not the loss check's (full logits in eval mode)
 
     def step():
         loss = model(**batch).loss
@@ -156,8 +160,10 @@ def run_ours(
         optimizer.zero_grad()
 
     times = _timed_steps(step, steps)
+    step_rss = peak_rss_gb()
     flops = lora_step_flops(model, batch, cached=cached, labelled_logits=not full_logits)
     result = {"loss0": loss0, "times": times, "cache_seconds": cache_seconds, "load_rss_gb": load_rss}
+    result["step_rss_gb"] = step_rss
     result.update(gflop=flops / 1e9, peak_gflops=matmul_peak_gflops())
     if profile:
         from torch.profiler import ProfilerActivity
@@ -199,7 +205,6 @@ def main() -> None:
     if args.variant:
         if args.variant == "funasr":
             result = run_funasr(args.checkpoint, clips, args.steps)
-            result["load_rss_gb"] = None
         else:
             result = run_ours(
                 args.checkpoint,
@@ -211,7 +216,6 @@ def main() -> None:
                 profile=args.profile,
                 pin_malloc=args.pinned_malloc,
             )
-        result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
         print("RESULT " + json.dumps(result))
         return
 
@@ -264,7 +268,7 @@ def main() -> None:
         else:
             compute = f"{'-':>8s} {'-':>8s} {'-':>7s}"
         print(
-            f"{name:14s} {per_step:8.2f} {1 / per_step:8.3f} {audio / per_step:9.2f} {load} {r['peak_rss_gb']:11.2f} "
+            f"{name:14s} {per_step:8.2f} {1 / per_step:8.3f} {audio / per_step:9.2f} {load} {r['step_rss_gb']:11.2f} "
             f"{compute} {r['loss0']:10.5f}"
         )
     peaks = [r["peak_gflops"] for r in results.values() if "peak_gflops" in r]
