@@ -141,9 +141,8 @@ def main() -> None:
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for length in args.clip_seconds:
         left.plot(args.batches, [steps[(b, length)] for b in args.batches], marker="o", label=f"{length:g} s clips")
-    left.set(
-        xlabel="batch size", ylabel="s per step per audio-second", title="LoRA step cost", xscale="log", yscale="log"
-    )
+    left.set(xlabel="batch size", ylabel="s per step per audio-second", title="LoRA step cost", xscale="log")
+    left.set_ylim(bottom=0)
     left.set_xticks(args.batches, [str(b) for b in args.batches])
     left.legend()
     right.plot(list(decode), [v[0] for v in decode.values()], marker="o")
