@@ -68,6 +68,10 @@ logger = logging.getLogger(__name__)
 FEATURIZE_VERSION = "6"  # bump when what the featurization writes changes (6: lengths only, ids on the fly)
 FRAMES_PER_SECOND = 100  # 10 ms fbank frames
 BATCH_TYPES = ("example", "length", "token")
+PRECOMPUTED_AUGMENTATION = (
+    "--specaug / --speed_perturb augment features computed on the fly: drop --precompute_features and "
+    "--cache_frozen_audio (precomputed features are cached clean), or drop the augmentation"
+)
 # FunASR's defaults for an unset `max_token_length`: the Nano dataset's (LLM tokens per example) and the
 # length/token batch samplers' (fbank frames + text tokens per example).
 FUNASR_MAX_TOKEN_LENGTH = 1500
@@ -265,8 +269,11 @@ class TrainingIds:
             self.prompts[key] = (ids[: at[0]], ids[at[0] + 1 :]) if len(at) == 1 else None
         return self.prompts[key]
 
-    def _audio_tokens(self, frames: int) -> int:
-        return int(audio_token_count(int(frames), self.processor.audio_token_rule))
+    def _layout(self, instruction: str | None, frames: int) -> tuple[list[int], int, list[int]] | None:
+        """(prompt ids before the audio, audio-token count, prompt ids after) of an example with `frames` LFR
+        frames; None where the processor builds the ids itself (no single placeholder, or no audio token)."""
+        parts, count = self._prompt(instruction), int(audio_token_count(int(frames), self.processor.audio_token_rule))
+        return None if parts is None or count == 0 else (parts[0], count, parts[1])
 
     def targets(self, texts: list[str]) -> list[list[int]]:
         """Transcript + `<|im_end|>` ids (special tokens typed in a transcript stay text, as in the processor)."""
@@ -279,11 +286,11 @@ class TrainingIds:
         """(prompt_length, num_tokens) per example, `frames` its LFR frames: what batching and filters need."""
         prompts, tokens = [], []
         for target, instruction, n_frames in zip(self.targets(texts), instructions, frames):
-            parts, count = self._prompt(instruction), self._audio_tokens(n_frames)
-            if parts is None or count == 0:
+            layout = self._layout(instruction, n_frames)
+            if layout is None:
                 prompts.append(self.processor.build_training_ids(n_frames, "", instruction)["prompt_length"])
             else:
-                prompts.append(len(parts[0]) + count + len(parts[1]))
+                prompts.append(len(layout[0]) + layout[1] + len(layout[2]))
             tokens.append(len(target))
         return prompts, tokens
 
@@ -291,11 +298,12 @@ class TrainingIds:
         """`build_training_ids(frames, text, instruction)` per example: input_ids, labels, prompt_length."""
         out = []
         for text, target, instruction, n_frames in zip(texts, self.targets(texts), instructions, frames):
-            parts, count = self._prompt(instruction), self._audio_tokens(n_frames)
-            if parts is None or count == 0:
+            layout = self._layout(instruction, n_frames)
+            if layout is None:
                 out.append(self.processor.build_training_ids(n_frames, text, instruction))
                 continue
-            source = parts[0] + [self.audio_id] * count + parts[1]
+            before, count, after = layout
+            source = before + [self.audio_id] * count + after
             out.append(
                 {"input_ids": source + target, "labels": [-100] * len(source) + target, "prompt_length": len(source)}
             )
@@ -323,11 +331,12 @@ LENGTH_COLUMNS = ("index", "num_samples", "num_frames", "prompt_length", "num_to
 
 
 def _prepare_lengths(
-    batch: dict[str, list], indices: list[int], processor: Any, worker: bool = False
+    batch: dict[str, list], indices: list[int], processor: Any, worker: bool = False, with_ids: bool = False
 ) -> dict[str, list]:
     """The cheap, cached part of an example: lengths from the manifest or the audio header (no decoding) and the
     prompt/transcript token counts, whose audio-token count follows from the header's sample count; `error`
-    and `note` per row (unreadable audio, refused transcript; resampled/downmixed)."""
+    and `note` per row (unreadable audio, refused transcript; resampled/downmixed). `with_ids`: the prompt/label
+    ids too (`input_ids`, `labels`; [] where the audio is unreadable), the counts taken from them."""
     if worker:
         torch.set_num_threads(1)  # forked map workers: no inherited OpenMP pool (libgomp is not fork-safe)
         single_threaded_tokenizer()
@@ -362,11 +371,17 @@ def _prepare_lengths(
         out["prompt_length"].append(0)  # set below, for the whole batch at once
         out["num_tokens"].append(0)
     frames = [lfr_frames(out["num_samples"][row], extractor) for row in good]
-    prompts, tokens = training_ids(processor).lengths(
-        [batch["text"][row] for row in good], [batch["instruction"][row] for row in good], frames
-    )
-    for row, prompt, count in zip(good, prompts, tokens):
-        out["prompt_length"][row], out["num_tokens"][row] = prompt, count
+    texts, instructions = [batch["text"][row] for row in good], [batch["instruction"][row] for row in good]
+    if not with_ids:
+        prompts, tokens = training_ids(processor).lengths(texts, instructions, frames)
+        for row, prompt, count in zip(good, prompts, tokens):
+            out["prompt_length"][row], out["num_tokens"][row] = prompt, count
+        return out
+    out["input_ids"], out["labels"] = [[] for _ in indices], [[] for _ in indices]
+    for row, ids in zip(good, training_ids(processor).build(texts, instructions, frames)):
+        out["input_ids"][row], out["labels"][row] = ids["input_ids"], ids["labels"]
+        out["prompt_length"][row] = ids["prompt_length"]
+        out["num_tokens"][row] = len(ids["input_ids"]) - ids["prompt_length"]
     return out
 
 
@@ -375,16 +390,7 @@ def _prepare_batch(batch: dict[str, list], indices: list[int], processor: Any, w
     every column an example needs but its features (the streaming path's examples)."""
     if get_worker_info() is not None:  # the streaming path prepares its examples in the DataLoader workers
         single_threaded_tokenizer()
-    out = _prepare_lengths(batch, indices, processor, worker)
-    out["input_ids"], out["labels"] = [[] for _ in indices], [[] for _ in indices]
-    good = [row for row, error in enumerate(out["error"]) if not error]
-    frames = [lfr_frames(out["num_samples"][row], processor.feature_extractor) for row in good]
-    built = training_ids(processor).build(
-        [batch["text"][row] for row in good], [batch["instruction"][row] for row in good], frames
-    )
-    for row, ids in zip(good, built):
-        out["input_ids"][row], out["labels"][row] = ids["input_ids"], ids["labels"]
-    return out
+    return _prepare_lengths(batch, indices, processor, worker, with_ids=True)
 
 
 def _prepare_columns(*args: Any, names: list[str], processor: Any, worker: bool = False) -> dict[str, list]:
@@ -748,11 +754,8 @@ def featurize(
     precompute_features = config.precompute_features if precompute_features is None else precompute_features
     prepared, report = prepare(dataset, processor, config, report)
     if precompute_features:
-        if augmentation is not None and (augmentation.specaug is not None or augmentation.speed_perturb is not None):
-            raise DataError(
-                "--specaug / --speed_perturb augment features computed on the fly: drop --precompute_features and "
-                "--cache_frozen_audio (precomputed features are cached clean), or drop the augmentation"
-            )
+        if augmentation is not None and augmentation.needs_on_the_fly:
+            raise DataError(PRECOMPUTED_AUGMENTATION)
         if augmentation is not None and augmentation.dither > 0:
             logger.warning(
                 "precomputed features are cached clean: dither %s is not applied (on-the-fly features apply it)",
