@@ -35,7 +35,7 @@ from funasr_nano_hf import load_pretrained
 from funasr_nano_hf.conversion.loading import detect_layout, resolve_model_dir
 from funasr_nano_hf.data.augmentation import Augmentation
 from funasr_nano_hf.data.collator import FunAsrNanoCollator
-from funasr_nano_hf.data.featurize import MAX_PROBLEMS_SHOWN, DataConfig, build_dataset
+from funasr_nano_hf.data.featurize import MAX_PROBLEMS_SHOWN, PRECOMPUTED_AUGMENTATION, DataConfig, build_dataset
 from funasr_nano_hf.data.streaming import StreamingBatches
 from funasr_nano_hf.errors import DiskFullError
 from funasr_nano_hf.models.processing_funasr_nano import FunAsrNanoHfProcessor
@@ -154,9 +154,8 @@ def _finetune(
         logger.info("--cache_frozen_audio: training features precomputed (the frozen-path cache is built on them)")
     seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
     augmentation = data_config.augmentation(seed)  # dither, --specaug, --speed_perturb: training features only
-    if precompute and (augmentation.specaug is not None or augmentation.speed_perturb is not None):
-        raise SystemExit("finetune.py: error: --specaug / --speed_perturb augment features computed on the fly: drop "
-                         "--precompute_features and --cache_frozen_audio (cached features are clean)")  # fmt: skip
+    if precompute and augmentation.needs_on_the_fly:  # refused before any data work (featurize refuses it too)
+        raise SystemExit(f"finetune.py: error: {PRECOMPUTED_AUGMENTATION}")
     if augmentation.active and not precompute and training_args.dataloader_persistent_workers:
         logger.warning(
             "--persistent_workers: loader workers keep the epoch they started with, so augmentation draws (dither, "

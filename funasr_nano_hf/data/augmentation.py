@@ -209,7 +209,13 @@ class Augmentation:
 
     @property
     def active(self) -> bool:
-        return self.dither > 0 or self.specaug is not None or self.speed_perturb is not None
+        return self.dither > 0 or self.needs_on_the_fly
+
+    @property
+    def needs_on_the_fly(self) -> bool:
+        """SpecAugment or speed perturbation: draws per (epoch, example) that cached (precomputed) features cannot
+        hold; dither alone is merely left out of them."""
+        return self.specaug is not None or self.speed_perturb is not None
 
     @property
     def changes_ids(self) -> bool:
