@@ -53,6 +53,11 @@ def _timed_steps(step, steps: int) -> list[float]:
     return times
 
 
+def _per_step(result: dict) -> float:
+    """Mean seconds of a variant's timed steps."""
+    return sum(result["times"]) / len(result["times"])
+
+
 def run_funasr(checkpoint: str, clips: list[dict], steps: int) -> dict:
     import torch
     from perf import peak_rss_gb, start_peak_rss
@@ -162,8 +167,9 @@ def run_ours(
     times = _timed_steps(step, steps)
     step_rss = peak_rss_gb()
     flops = lora_step_flops(model, batch, cached=cached, labelled_logits=not full_logits)
-    result = {"loss0": loss0, "times": times, "cache_seconds": cache_seconds, "load_rss_gb": load_rss}
-    result["step_rss_gb"] = step_rss
+    result = {
+        "loss0": loss0, "times": times, "cache_seconds": cache_seconds, "load_rss_gb": load_rss, "step_rss_gb": step_rss
+    }  # fmt: skip
     result.update(gflop=flops / 1e9, peak_gflops=matmul_peak_gflops())
     if profile:
         from torch.profiler import ProfilerActivity
@@ -246,8 +252,7 @@ def main() -> None:
                 if line is None:
                     raise SystemExit(f"{variant} failed:\n{out.stderr[-3000:]}")
                 result = json.loads(line[7:])
-                mean = sum(result["times"]) / len(result["times"])
-                if variant not in results or mean < sum(results[variant]["times"]) / len(results[variant]["times"]):
+                if variant not in results or _per_step(result) < _per_step(results[variant]):
                     results[variant] = result
     print(
         f"{args.size} architecture, random weights, fp32, CPU; batch {len(clips)} clips, "
@@ -259,7 +264,7 @@ def main() -> None:
     )
     speed = {}
     for name, r in results.items():
-        per_step = sum(r["times"]) / len(r["times"])
+        per_step = _per_step(r)
         speed[name] = 1 / per_step
         load = f"{r['load_rss_gb']:11.2f}" if r.get("load_rss_gb") is not None else f"{'-':>11s}"
         if "gflop" in r:
