@@ -235,6 +235,12 @@ def _finetune(
     trainer.save_metrics("all", metrics)
     if training_args.push_to_hub:
         trainer.push_to_hub(commit_message="funasr_nano_hf fine-tune")
+
+    # 10. Finish together: every process waits for the others, then the process group is closed, so that no
+    # process tears its connections down while another still uses them (a rank leaving first at interpreter exit
+    # was seen to abort under ZeRO-3 on gloo)
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
     return metrics
 
 
