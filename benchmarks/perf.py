@@ -72,6 +72,55 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 5, dtype: torch.dtype = tor
     return 2 * n**3 / best / 1e9
 
 
+def _mm_shapes(name: str, shapes: list) -> tuple[int, int, int, int] | None:
+    """(batch, M, K, N) of a profiled aten::mm / addmm / bmm call from its recorded input shapes."""
+    if name == "aten::mm" and len(shapes) >= 2 and len(shapes[0]) == 2:
+        (m, k), (_, n) = shapes[0], shapes[1]
+        return 1, m, k, n
+    if name == "aten::addmm" and len(shapes) >= 3 and len(shapes[1]) == 2:
+        (m, k), (_, n) = shapes[1], shapes[2]
+        return 1, m, k, n
+    if name == "aten::bmm" and len(shapes) >= 2 and len(shapes[0]) == 3:
+        (b, m, k), (_, _, n) = shapes[0], shapes[1]
+        return b, m, k, n
+    return None
+
+
+def _best_product_seconds(b: int, m: int, k: int, n: int, repeats: int = 5) -> float:
+    """The fastest of `repeats` products of these shapes alone, best of the two layouts a step uses for the right
+    operand (contiguous [K, N], or the transposed view of a contiguous [N, K] weight, as nn.Linear passes it)."""
+    left = torch.randn(b, m, k).squeeze(0)
+    best = float("inf")
+    for right in (torch.randn(b, k, n).squeeze(0), torch.randn(b, n, k).squeeze(0).transpose(-1, -2)):
+        torch.matmul(left, right)  # warm-up
+        for _ in range(repeats):
+            started = time.perf_counter()
+            torch.matmul(left, right)
+            best = min(best, time.perf_counter() - started)
+    return best
+
+
+def matmul_ceiling(step) -> dict[str, float]:
+    """The step's own matrix products timed alone: one profiled call of `step` records every aten::mm / addmm /
+    bmm with its shapes; each distinct shape is then run alone (best of 5, best layout) as many times as the step
+    called it. Their FLOPs over that time is what these products reach on this machine with nothing else around
+    them -- the most a step made of them could reach, whatever the code between them (attention kernels and
+    element-wise ops are left out, i.e. counted as free)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        step()
+    flops = seconds = 0.0
+    for event in prof.key_averages(group_by_input_shape=True):
+        dims = _mm_shapes(event.key, event.input_shapes)
+        if dims is None or 0 in dims:
+            continue
+        b, m, k, n = dims
+        flops += 2 * b * m * k * n * event.count
+        seconds += _best_product_seconds(b, m, k, n) * event.count
+    return {"matmul_gflop": flops / 1e9, "matmul_alone_seconds": seconds}
+
+
 def _linear_macs_per_row(module: nn.Module) -> int:
     return sum(m.in_features * m.out_features for m in module.modules() if isinstance(m, nn.Linear))
 

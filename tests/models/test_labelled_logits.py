@@ -101,3 +101,36 @@ def test_prefill_logits_last_position_only_and_tokens_unchanged(model_and_batch,
     assert prefill_fast == (3, 1, vocab)
     assert prefill_full[0] == 3 and prefill_full[1] > 1  # the reference run really computed every position
     assert torch.equal(fast, full)
+
+
+def test_frozen_audio_path_runs_without_autograd_and_a_trained_adaptor_gets_gradients(model_and_batch):
+    """A frozen audio path builds no autograd graph inside a training step (its frames reach the LLM as leaves);
+    once the adaptor is trained, its parameters get gradients again; the loss is the same both ways."""
+    model, _, batch = model_and_batch
+    model.train()
+    features = (batch["input_features"], batch["input_features_mask"])
+    grad_mode = []
+    hook = model.model.audio_tower.register_forward_hook(lambda *_: grad_mode.append(torch.is_grad_enabled()))
+    try:
+        frozen = model.model.get_audio_features(*features)
+        frozen_loss = model(**batch).loss
+    finally:
+        hook.remove()
+    assert grad_mode == [False, False] and torch.is_grad_enabled()
+    assert frozen.pooler_output.grad_fn is None
+    adaptor = list(model.model.multi_modal_projector.parameters())
+    try:
+        for param in adaptor:
+            param.requires_grad = True
+        trained = model.model.get_audio_features(*features)
+        assert trained.pooler_output.grad_fn is not None
+        model.zero_grad(set_to_none=True)
+        loss = model(**batch).loss
+        loss.backward()
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in adaptor if p.dim() > 1)
+        torch.testing.assert_close(loss, frozen_loss, rtol=0, atol=0)
+        assert not any(p.grad is not None for p in model.model.audio_tower.parameters())
+    finally:
+        for param in adaptor:
+            param.requires_grad = False
+        model.zero_grad(set_to_none=True)
