@@ -30,15 +30,15 @@ calls = collections.Counter()
 
 
 def record(module, args, kwargs, output):
-    if not torch.is_grad_enabled():
-        return
     name = type(module).__name__
     hidden = args[0] if args else kwargs.get("hidden_states")
+    if name == "FunAsrNanoEncoderLayer":  # a frozen audio path runs without autograd, in training steps too
+        seen["audio_inputs"].add(str(hidden.dtype))
+    if not torch.is_grad_enabled():  # evaluation / decoding
+        return
     if name == "Qwen3DecoderLayer":
         seen["llm_inputs"].add(str(hidden.dtype))
         seen["llm_weights"].add(str(module.mlp.gate_proj.weight.dtype))
-    elif name == "FunAsrNanoEncoderLayer":
-        seen["audio_inputs"].add(str(hidden.dtype))
     elif name == "Qwen3Model":
         calls["llm"] += 1
         calls["layers"] = len(module.layers)
