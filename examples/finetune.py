@@ -123,7 +123,7 @@ def _finetune(
     training_args: TrainingArguments,
     out: Path,
 ) -> dict[str, float]:
-    """Steps 3-9 of the run, inside `TrainLog`."""
+    """Steps 3-10 of the run, inside `TrainLog`."""
     # 3. Seed; the checkpoint to resume from (checked before any work); the output dir with the resolved options
     set_seed(training_args.seed)
     resume = _resume_point(finetune_args, out, training_args.resume_from_checkpoint)

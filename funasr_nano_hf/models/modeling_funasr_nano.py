@@ -116,7 +116,7 @@ class FunAsrNanoHfModel(FunAsrNanoModel):
             if torch.amp.is_autocast_available(device_type)
             else (contextlib.nullcontext())
         )
-        needs_grad = torch.is_grad_enabled() and (input_features.requires_grad or self._audio_path_trained())
+        needs_grad = torch.is_grad_enabled() and (input_features.requires_grad or bool(self.trained_audio_modules()))
         # the audio path computes in its weights' dtype (fp32), whatever autocast is around
         with autocast_off, torch.set_grad_enabled(needs_grad):
             encoder_outputs = self.audio_tower(
@@ -143,9 +143,10 @@ class FunAsrNanoHfModel(FunAsrNanoModel):
             audio_token_lengths=lengths,
         )
 
-    def _audio_path_trained(self) -> bool:
-        """Whether any parameter of the audio encoder or adaptor is trained (requires grad)."""
-        return any(p.requires_grad for name in AUDIO_MODULES for p in getattr(self, name).parameters())
+    def trained_audio_modules(self) -> list[str]:
+        """The audio-path modules (`AUDIO_MODULES`: encoder, adaptor) with a parameter that is trained (requires
+        grad), a peft-wrapped module's trained copy included."""
+        return [name for name in AUDIO_MODULES if any(p.requires_grad for p in getattr(self, name).parameters())]
 
     @can_return_tuple
     def forward(
@@ -218,9 +219,10 @@ class FunAsrNanoHfForConditionalGeneration(FunAsrNanoForConditionalGeneration):
         frozen encoder with dropout 0.1 — a deliberate difference."""
         super().train(mode)
         if mode:
-            for module in (getattr(self.model, name) for name in AUDIO_MODULES):
-                if not any(p.requires_grad for p in module.parameters()):
-                    module.eval()
+            trained = self.model.trained_audio_modules()
+            for name in AUDIO_MODULES:
+                if name not in trained:
+                    getattr(self.model, name).eval()
         return self
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:

@@ -30,7 +30,7 @@ def trained_audio_modules(model: nn.Module) -> list[str]:
     """The audio-path modules (encoder ``audio_tower``, adaptor ``multi_modal_projector``) with a trainable
     parameter, a `PeftModel` (trained copies in ``modules_to_save``) or not."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return [name for name in AUDIO_PATH if any(p.requires_grad for p in getattr(base.model, name).parameters())]
+    return base.model.trained_audio_modules()
 
 
 def _audio_weights_fingerprint(base: nn.Module) -> str:
