@@ -26,11 +26,11 @@ from typing import Any
 
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
-from transformers.training_args import OptimizerNames
 
 from ..data.featurize import DataConfig
 from .funasr_options import (
     FUNASR_KEYS,
+    OPTIMIZER_NAMES,
     OptionError,
     flatten,
     funasr_key_of,
@@ -218,10 +218,9 @@ GUIDE_TO_TRAINING = {
 
 DATA_TO_TRAINING = {"batch_size": "per_device_train_batch_size", "num_workers": "dataloader_num_workers"}
 
-# Guide defaults for TrainingArguments fields that keep their own name. FunASR's `optim: adamw` is
-# torch.optim.AdamW; here its fused kernel (one kernel over all trained tensors instead of a loop of small ops
-# per LoRA matrix; same update, transformers' own default on torch >= 2.8).
-GUIDE_TRAINING_DEFAULTS = {"weight_decay": 1e-4, "warmup_steps": 500, "optim": OptimizerNames.ADAMW_TORCH_FUSED}
+# Guide defaults for TrainingArguments fields that keep their own name. The guide's optimizer is FunASR's
+# `optim: adamw`, translated as that key is (`OPTIMIZER_NAMES`: torch's fused AdamW).
+GUIDE_TRAINING_DEFAULTS = {"weight_decay": 1e-4, "warmup_steps": 500, "optim": OPTIMIZER_NAMES["adamw"]}
 
 # How the run differs from TrainingArguments' defaults besides the guide's values: evaluation, saving and logging
 # every N steps (the guide's intervals), n-best pruning by the callback (not save_total_limit), the collator

@@ -30,7 +30,9 @@ FUNASR_MODEL_CLASS = "FunASRNano"
 # FunASR's `scheduler` names -> our `--scheduler` (training/schedulers.py implements FunASR's warmuplr exactly;
 # transformers' inverse_sqrt is the same curve one update late).
 SCHEDULER_NAMES: dict[str, str | None] = {"warmuplr": "warmuplr"}
-# FunASR's `optim` names -> `--optim` (torch.optim.AdamW / SGD); None: no transformers equivalent.
+# FunASR's `optim` names -> `--optim` (torch.optim.AdamW / SGD); None: no transformers equivalent. AdamW runs as
+# torch's fused kernel (one kernel over all trained tensors instead of a loop of small ops per LoRA matrix; the
+# same update; transformers' own default on torch >= 2.8).
 OPTIMIZER_NAMES: dict[str, str | None] = {"adamw": "adamw_torch_fused", "sgd": "sgd", "adam": None}
 ANY = object()  # `Refused.accepted`: every value is a no-op (FunASR reads the key but it changes nothing here)
 
