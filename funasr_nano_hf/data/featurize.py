@@ -42,7 +42,6 @@ from typing import Any, ClassVar
 import datasets
 import numpy as np
 import torch
-from torch.utils.data import get_worker_info
 
 from ..errors import AudioError, DataError
 from ..models import prompting
@@ -320,8 +319,17 @@ def single_threaded_tokenizer() -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 
+# The process that imported this module; any other pid here is a forked child of it (a DataLoader worker or a
+# `Dataset.map` worker), which inherited the tokenizer's thread pool broken.
+_IMPORTING_PID = os.getpid()
+
+
 def training_ids(processor: Any) -> TrainingIds:
-    """The processor's `TrainingIds` (one per processor and process: its prompts are encoded once)."""
+    """The processor's `TrainingIds` (one per processor and process: its prompts are encoded once). Every path
+    that tokenises examples gets it here first, so in a forked worker this is where the tokenizer's thread pool is
+    turned off (`single_threaded_tokenizer`), before the worker's first tokenizer call."""
+    if os.getpid() != _IMPORTING_PID:
+        single_threaded_tokenizer()
     if processor not in _TRAINING_IDS:
         _TRAINING_IDS[processor] = TrainingIds(processor)
     return _TRAINING_IDS[processor]
@@ -339,7 +347,6 @@ def _prepare_lengths(
     ids too (`input_ids`, `labels`; [] where the audio is unreadable), the counts taken from them."""
     if worker:
         torch.set_num_threads(1)  # forked map workers: no inherited OpenMP pool (libgomp is not fork-safe)
-        single_threaded_tokenizer()
     out: dict[str, list] = {k: [] for k in (*LENGTH_COLUMNS, "error", "note")}
     extractor = processor.feature_extractor
     special = special_tokens_of(processor.tokenizer) | {processor.audio_token}
@@ -388,8 +395,6 @@ def _prepare_lengths(
 def _prepare_batch(batch: dict[str, list], indices: list[int], processor: Any, worker: bool = False) -> dict[str, list]:
     """`_prepare_lengths` plus the prompt/label ids (`input_ids`, `labels`; [] where the audio is unreadable):
     every column an example needs but its features (the streaming path's examples)."""
-    if get_worker_info() is not None:  # the streaming path prepares its examples in the DataLoader workers
-        single_threaded_tokenizer()
     return _prepare_lengths(batch, indices, processor, worker, with_ids=True)
 
 
@@ -510,8 +515,6 @@ class FeatureTransform:
         features, bad = [], []
         ids = {name: list(batch[name]) for name in ("input_ids", "labels", "prompt_length") if name in batch}
         if "input_ids" not in ids:
-            if get_worker_info() is not None:
-                single_threaded_tokenizer()
             ids.update(_ids_of(batch, self.processor))
         for row, (audio, data, num_samples, index, source, key) in enumerate(
             zip(batch["audio"], _bytes(batch), batch["num_samples"], batch["index"], batch["source"], batch["key"])
