@@ -60,16 +60,21 @@ def start_peak_rss() -> None:
         pass
 
 
-def matmul_peak_gflops(n: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
-    """The best of `repeats` [n x n] @ [n x n] products, in GFLOP/s, with this process's torch threads."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b  # warm-up
+def _best_seconds(call, repeats: int) -> float:
+    """The fastest of `repeats` timed calls of `call`, after one untimed warm-up call."""
+    call()
     best = float("inf")
     for _ in range(repeats):
         started = time.perf_counter()
-        a @ b
+        call()
         best = min(best, time.perf_counter() - started)
-    return 2 * n**3 / best / 1e9
+    return best
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    """The best of `repeats` [n x n] @ [n x n] products, in GFLOP/s, with this process's torch threads."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    return 2 * n**3 / _best_seconds(lambda: a @ b, repeats) / 1e9
 
 
 def _mm_shapes(name: str, shapes: list) -> tuple[int, int, int, int] | None:
@@ -90,14 +95,8 @@ def _best_product_seconds(b: int, m: int, k: int, n: int, repeats: int = 5) -> f
     """The fastest of `repeats` products of these shapes alone, best of the two layouts a step uses for the right
     operand (contiguous [K, N], or the transposed view of a contiguous [N, K] weight, as nn.Linear passes it)."""
     left = torch.randn(b, m, k).squeeze(0)
-    best = float("inf")
-    for right in (torch.randn(b, k, n).squeeze(0), torch.randn(b, n, k).squeeze(0).transpose(-1, -2)):
-        torch.matmul(left, right)  # warm-up
-        for _ in range(repeats):
-            started = time.perf_counter()
-            torch.matmul(left, right)
-            best = min(best, time.perf_counter() - started)
-    return best
+    layouts = (torch.randn(b, k, n).squeeze(0), torch.randn(b, n, k).squeeze(0).transpose(-1, -2))
+    return min(_best_seconds(lambda right=right: torch.matmul(left, right), repeats) for right in layouts)
 
 
 def matmul_ceiling(step) -> dict[str, float]:
