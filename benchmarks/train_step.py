@@ -3,8 +3,9 @@
 run: FunASR's own `FunASRNano` forward+backward+AdamW (its own LoRA, lora_finetune.sh freezing) vs ours
 (peft LoRA, same targets/rank), uncached and with frozen-path caching. Batch: 4 clips of 3-4 s.
 
-Each variant runs in its own subprocess; peak RSS per phase (Linux VmHWM, reset between phases): the load, then the
-timed steps; the parent prints the table and ratios.
+The cached variant frees the frozen audio path after caching (`release_frozen_audio_path`), as examples/finetune.py
+does for a LoRA run without validation data. Each variant runs in its own subprocess; peak RSS per phase (Linux
+VmHWM, reset between phases): the load, then the timed steps; the parent prints the table and ratios.
 "a step" = forward + backward + optimizer step on the same batch; warm-up step excluded.
 
     python benchmarks/train_step.py [--size real|tiny] [--checkpoint DIR] [--steps 3] [--rounds 1] [--batch 4]
@@ -130,7 +131,7 @@ def run_ours(
     from funasr_nano_hf.data.collator import FunAsrNanoCollator
     from funasr_nano_hf.data.featurize import DataConfig, build_dataset
     from funasr_nano_hf.training.arguments import ModelArguments
-    from funasr_nano_hf.training.frozen_cache import add_audio_embeddings
+    from funasr_nano_hf.training.frozen_cache import add_audio_embeddings, release_frozen_audio_path
     from funasr_nano_hf.training.model_setup import prepare_model_for_finetuning
 
     if pin_malloc:
@@ -157,6 +158,7 @@ def run_ours(
             started = time.perf_counter()
             dataset = add_audio_embeddings(dataset, model)
             cache_seconds = time.perf_counter() - started
+            release_frozen_audio_path(model)  # as examples/finetune.py does when nothing runs the audio path again
         batch = FunAsrNanoCollator(pad_token_id=processor.tokenizer.pad_token_id)(list(dataset))
     model.eval()
     with torch.no_grad():

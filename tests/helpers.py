@@ -165,3 +165,44 @@ class RunsCode:
 
     def __reduce__(self):
         return (os.system, (f"touch {self.marker}",))
+
+
+def padded_training_batch(processor, shared_dir: Path, count: int = 3) -> dict:
+    """A collated training batch of `count` shared clips of different lengths (so it is padded and masked)."""
+    import glob
+
+    import soundfile as sf
+
+    from funasr_nano_hf.data.collator import FunAsrNanoCollator
+    from funasr_nano_hf.models import prompting
+
+    wavs = sorted(glob.glob(str(shared_dir / "data" / "tts" / "wav" / "valid" / "*.wav")))[:count]
+    texts = ["我想问我在滨海新区有房", "hello world", "今天天气很好我们去公园散步吧"]
+    examples = [
+        processor.build_training_example(sf.read(path, dtype="float32")[0], text, prompting.instruction())
+        for path, text in zip(wavs, texts)
+    ]
+    batch = FunAsrNanoCollator(pad_token_id=processor.tokenizer.pad_token_id)(examples)
+    assert not batch["attention_mask"].all(), "a padded batch"
+    return batch
+
+
+def loss_grads_and_saved_bytes(model, batch: dict) -> tuple:
+    """One training forward + backward (dropout seeded): the loss, every gradient, and the bytes autograd kept
+    for backward outside the model's parameters (each storage once)."""
+    import torch
+
+    model.zero_grad(set_to_none=True)
+    saved: dict[int, int] = {}
+
+    def pack(tensor):
+        saved.setdefault(tensor.untyped_storage().data_ptr(), tensor.untyped_storage().nbytes())
+        return tensor
+
+    torch.manual_seed(0)  # the same dropout masks in every run
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss = model(**batch).loss
+    loss.backward()
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return loss.detach(), grads, sum(n for ptr, n in saved.items() if ptr not in params)

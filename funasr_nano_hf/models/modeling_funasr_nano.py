@@ -8,6 +8,8 @@ Thin subclasses; each change makes the output match FunASR's (measured against F
   the adaptor's activations reach |x| ~ 1e3 and overflow in fp16), and compute in their weights' dtype with
   autocast off (FunASR autocasts only the LLM), so `--bf16`/`--fp16` mixed precision leaves them in fp32.
 The adaptor LayerNorm eps (1e-12) is a config value.
+Not parity changes, memory (same forward numbers): the LLM's SDPA attention on CPU groups K/V heads in the kernel
+(`attention_funasr_nano`); its MLP keeps two activations for backward, not three (`mlp_funasr_nano`).
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ from transformers.models.fun_asr_nano.modeling_fun_asr_nano import (
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs, can_return_tuple
 
+from .attention_funasr_nano import group_kv_heads_in_kernel
 from .configuration_funasr_nano import FunAsrNanoHfConfig
+from .mlp_funasr_nano import save_fewer_mlp_activations
 from .processing_funasr_nano import audio_token_count
 
 # Beside model.safetensors: the tensors the HF model has no place for (FunASR's CTC branch), kept for export.
@@ -92,6 +96,8 @@ class FunAsrNanoHfModel(FunAsrNanoModel):
         # owns it), so `create_bidirectional_mask` returns None and the adaptor attends to padding frames:
         # a padded batch changes every shorter clip's output. FunASR masks them. Use the encoder's choice.
         config.adaptor_config._attn_implementation = config.audio_config._attn_implementation or "sdpa"
+        group_kv_heads_in_kernel(self.language_model)  # SDPA on CPU: no K/V head copies (attention_funasr_nano)
+        save_fewer_mlp_activations(self.language_model)  # 2 of the MLP's 3 activations kept (mlp_funasr_nano)
         if config.rope_inv_freq_dtype is not None:
             rotary = self.language_model.rotary_emb
             if getattr(rotary, "rope_type", "default") != "default":

@@ -5,7 +5,8 @@ and activation checkpointing recomputes the LLM's layers in backward; the run en
 An observer around finetune.py records, during training: the dtype of every LLM decoder layer's input and weights
 and of every audio layer's input (a global forward hook), and how often the LLM runs and how often its MLPs run.
 Checkpointed layers run their MLP a second time in backward (transformers checkpoints a layer's `forward`, so
-module hooks do not see the recomputation: the MLP class's `forward` is counted by a wrapper that calls it).
+module hooks do not see the recomputation: the MLP's computation is counted by wrappers -- of transformers'
+`Qwen3MLP.forward` and of `silu_mul`, which our LLM's MLPs call instead, `mlp_funasr_nano`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import collections, json, os, runpy, sys
 
 import torch
 from transformers.models.qwen3 import modeling_qwen3
+
+from funasr_nano_hf.models import mlp_funasr_nano
 
 seen = {"llm_inputs": set(), "llm_weights": set(), "audio_inputs": set()}
 calls = collections.Counter()
@@ -45,15 +48,16 @@ def record(module, args, kwargs, output):
 
 
 torch.nn.modules.module.register_module_forward_hook(record, with_kwargs=True)
-mlp_forward = modeling_qwen3.Qwen3MLP.forward
+def counted(function):
+    def wrapper(*args, **kwargs):
+        calls["mlp"] += torch.is_grad_enabled()
+        return function(*args, **kwargs)
+
+    return wrapper
 
 
-def counted(self, *args, **kwargs):
-    calls["mlp"] += torch.is_grad_enabled()
-    return mlp_forward(self, *args, **kwargs)
-
-
-modeling_qwen3.Qwen3MLP.forward = counted
+modeling_qwen3.Qwen3MLP.forward = counted(modeling_qwen3.Qwen3MLP.forward)
+mlp_funasr_nano.silu_mul = counted(mlp_funasr_nano.silu_mul)
 sys.argv = ["finetune.py", *json.loads(os.environ["FINETUNE_ARGS"])]
 try:
     runpy.run_path(os.environ["FINETUNE"], run_name="__main__")
