@@ -4,10 +4,10 @@ transformers' copy-the-heads path, without the copies."""
 from __future__ import annotations
 
 import torch
+from helpers import loss_grads_and_saved_bytes, padded_training_batch
 
 from funasr_nano_hf import load_pretrained
 from funasr_nano_hf.models import attention_funasr_nano
-from helpers import loss_grads_and_saved_bytes, padded_training_batch
 
 _MARK = attention_funasr_nano._MARK
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import loss_grads_and_saved_bytes, padded_training_batch
 
 from funasr_nano_hf import load_pretrained
 from funasr_nano_hf.models.mlp_funasr_nano import save_fewer_mlp_activations, silu_mul
-from helpers import loss_grads_and_saved_bytes, padded_training_batch
 
 
 def test_silu_mul_gradients_are_autograds():
