@@ -206,3 +206,15 @@ def loss_grads_and_saved_bytes(model, batch: dict) -> tuple:
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     return loss.detach(), grads, sum(n for ptr, n in saved.items() if ptr not in params)
+
+
+def assert_same_step_with_less_kept(lean: tuple, stock: tuple, rtol: float, atol: float) -> None:
+    """Two `loss_grads_and_saved_bytes` results of the same step: the loss bit-identical, every gradient equal to
+    (rtol, atol), and `lean` keeping fewer bytes for backward than `stock`."""
+    import torch
+
+    assert torch.equal(lean[0], stock[0])
+    assert lean[1].keys() == stock[1].keys() and lean[1]
+    for name in lean[1]:
+        torch.testing.assert_close(lean[1][name], stock[1][name], rtol=rtol, atol=atol, msg=name)
+    assert lean[2] < stock[2], f"saved for backward: {lean[2]} B, without the change {stock[2]} B"

@@ -9,24 +9,16 @@ import glob
 import pytest
 import soundfile as sf
 import torch
+from helpers import padded_training_batch
 
 from funasr_nano_hf import load_pretrained
-from funasr_nano_hf.data.collator import FunAsrNanoCollator
 from funasr_nano_hf.inference import generate_ids
-from funasr_nano_hf.models import prompting
-
-TRANSCRIPTS = ["我想问我在滨海新区有房", "hello world", "今天天气很好我们去公园散步吧"]
 
 
 @pytest.fixture(scope="module")
 def model_and_batch(tiny_original_dir, shared_dir):
     model, processor = load_pretrained(tiny_original_dir)
-    wavs = sorted(glob.glob(str(shared_dir / "data" / "tts" / "wav" / "valid" / "*.wav")))[:3]
-    examples = [
-        processor.build_training_example(sf.read(path, dtype="float32")[0], text, prompting.instruction())
-        for path, text in zip(wavs, TRANSCRIPTS)
-    ]
-    batch = FunAsrNanoCollator(pad_token_id=processor.tokenizer.pad_token_id)(examples)
+    batch = padded_training_batch(processor, shared_dir)
     # LoRA-like: the audio path frozen, the LLM trained (lm_head is tied to the embeddings).
     for name, param in model.named_parameters():
         param.requires_grad = not name.startswith(("model.audio_tower", "model.multi_modal_projector"))
